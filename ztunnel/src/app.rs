@@ -1,0 +1,125 @@
+//! Wires ztunnel together: state, xDS client, certificate manager, listeners, admin servers,
+//! and graceful drain on SIGTERM.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::admin::{self, AdminState};
+use crate::config::Config;
+use crate::identity::{CertManager, GrpcCaClient};
+use crate::proxy::{self, Proxy};
+use crate::readiness::Readiness;
+use crate::state::State;
+use crate::xds::XdsClient;
+
+const LISTENERS_TASK: &str = "inbound listeners";
+
+/// What the admin endpoints and the listeners share.
+pub struct Shared {
+    pub cfg: Arc<Config>,
+    pub state: Arc<State>,
+    pub certs: Arc<CertManager>,
+    pub readiness: Readiness,
+    pub shutdown: CancellationToken,
+}
+
+impl Shared {
+    /// Start-up tasks still pending, including certificates not yet issued.
+    pub fn pending(&self) -> Vec<String> {
+        let mut p = self.readiness.pending();
+        if !self.certs.all_ready() {
+            p.push("workload certificates".into());
+        }
+        p
+    }
+
+    /// `/config_dump` as JSON (Istio's top-level keys).
+    pub fn config_dump(&self) -> String {
+        let dump = self.state.dump();
+        let v = serde_json::json!({
+            "workloads": dump.workloads,
+            "services": dump.services,
+            "policies": dump.policies,
+            "certificates": self.certs.dump(),
+            "config": &*self.cfg,
+            "version": env!("CARGO_PKG_VERSION"),
+        });
+        serde_json::to_string_pretty(&v).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+}
+
+/// Runs ztunnel until SIGTERM/SIGINT or `/quitquitquit`, then drains.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let prom = crate::metrics::install().context("installing the metrics recorder")?;
+    let cfg = Arc::new(cfg);
+    info!(config = %serde_json::to_string(&*cfg).unwrap_or_default(), "starting ztunnel");
+    let state = Arc::new(State::default());
+    let readiness = Readiness::default();
+    let shutdown = CancellationToken::new();
+    let ca = GrpcCaClient::new(&cfg).context("CA client")?;
+    let certs = Arc::new(CertManager::new(Arc::new(ca), cfg.secret_ttl));
+    let proxy = Proxy::new(cfg.clone(), state.clone(), certs.clone(), shutdown.clone());
+    let shared = Arc::new(Shared { cfg: cfg.clone(), state: state.clone(), certs, readiness: readiness.clone(), shutdown: shutdown.clone() });
+    let admin_state = Arc::new(AdminState { app: shared.clone(), metrics: prom });
+
+    // Bind every fixed listener first so a port conflict fails start-up, not a later request.
+    if let Some(a) = cfg.admin_addr {
+        tokio::spawn(admin::serve(admin::bind(a).await?, "admin", shutdown.clone(), admin::admin(admin_state.clone())));
+    }
+    if let Some(a) = cfg.stats_addr {
+        tokio::spawn(admin::serve(admin::bind(a).await?, "stats", shutdown.clone(), admin::stats(admin_state.clone())));
+    }
+    if let Some(a) = cfg.readiness_addr {
+        tokio::spawn(admin::serve(admin::bind(a).await?, "readiness", shutdown.clone(), admin::readiness(admin_state.clone())));
+    }
+    if let Some(a) = cfg.socks5_addr {
+        let l = admin::bind(a).await?;
+        tokio::spawn(proxy::accept_loop(proxy.clone(), l, "socks5", |p, s, peer| proxy::socks5::serve(p, s, peer)));
+    }
+    if let Some(a) = cfg.outbound_addr {
+        let l = admin::bind(a).await?;
+        tokio::spawn(proxy::accept_loop(proxy.clone(), l, "outbound", |p, s, peer| proxy::outbound::serve_captured(p, s, peer)));
+    }
+    if let Some(a) = cfg.inbound_plaintext_addr {
+        let l = admin::bind(a).await?;
+        tokio::spawn(proxy::accept_loop(proxy.clone(), l, "inbound_plaintext", |p, s, peer| proxy::inbound_plaintext::serve(p, s, peer)));
+    }
+
+    readiness.register(LISTENERS_TASK);
+    let xds = XdsClient::new(cfg.clone(), state.clone(), readiness.clone());
+    if cfg.xds_address.is_empty() {
+        anyhow::bail!("XDS_ADDRESS is empty: ztunnel has no other source of workloads");
+    }
+    tokio::spawn(xds.run());
+    let r = readiness.clone();
+    tokio::spawn(proxy::inbound::manage_listeners(proxy.clone(), move || {
+        // Listeners reflect the config only once every xDS type has been applied.
+        if r.pending().iter().all(|t| t == LISTENERS_TASK) {
+            r.done(LISTENERS_TASK);
+        }
+    }));
+
+    tokio::select! {
+        _ = shutdown.cancelled() => {},
+        r = signal() => { r?; shutdown.cancel(); }
+    }
+    info!(deadline = ?cfg.drain_duration, open = proxy.connections.len(), "draining");
+    proxy.connections.close();
+    if tokio::time::timeout(cfg.drain_duration, proxy.connections.wait()).await.is_err() {
+        info!(open = proxy.connections.len(), "drain deadline reached; closing remaining connections");
+    }
+    info!("ztunnel stopped");
+    Ok(())
+}
+
+async fn signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        r = tokio::signal::ctrl_c() => { r?; info!("SIGINT received") },
+    }
+    Ok(())
+}

@@ -1,0 +1,22 @@
+//! ztunnel: the ambient-rs node agent. Gives every workload on its node an mTLS identity and
+//! carries its TCP traffic over HBONE tunnels.
+//!
+//! - [`config`]: settings from the environment (Istio's names)
+//! - [`state`]: workloads, services and policies from xDS, indexed for the data path
+//! - [`xds`]: delta ADS client
+//! - [`identity`]: per-workload certificates from the CA, rotated at half life
+//! - [`proxy`]: outbound (SOCKS5, 15001), inbound HBONE (15008) and plaintext (15006)
+//! - [`metrics`]: Istio's `istio_tcp_*` metrics and the access log
+//! - [`admin`]: admin, metrics and readiness endpoints
+//! - [`app`]: wiring and graceful drain
+
+pub mod admin;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod identity;
+pub mod metrics;
+pub mod proxy;
+pub mod readiness;
+pub mod state;
+pub mod xds;

@@ -1,0 +1,94 @@
+use super::*;
+
+fn workload(uid: &str, ip: [u8; 4], svc: Option<(&str, u32, u32)>, healthy: bool) -> pb::Workload {
+    let mut services = std::collections::HashMap::new();
+    if let Some((k, sp, tp)) = svc {
+        services.insert(k.to_string(), pb::PortList { ports: vec![pb::Port { service_port: sp, target_port: tp, app_protocol: 0 }] });
+    }
+    pb::Workload {
+        uid: uid.into(),
+        name: uid.into(),
+        namespace: "ns".into(),
+        addresses: vec![ip.to_vec()],
+        tunnel_protocol: pb::TunnelProtocol::Hbone as i32,
+        node: "n1".into(),
+        services,
+        status: if healthy { 0 } else { 1 },
+        ..Default::default()
+    }
+}
+
+fn service(vip: [u8; 4]) -> pb::Service {
+    pb::Service {
+        name: "svc".into(),
+        namespace: "ns".into(),
+        hostname: "svc.ns.svc.cluster.local".into(),
+        addresses: vec![pb::NetworkAddress { network: String::new(), address: vip.to_vec(), length: None }],
+        ports: vec![pb::Port { service_port: 80, target_port: 8080, app_protocol: 0 }],
+        ..Default::default()
+    }
+}
+
+const KEY: &str = "ns/svc.ns.svc.cluster.local";
+
+#[test]
+fn defaults_and_identity() {
+    let w = convert_workload(workload("u1", [10, 0, 0, 1], None, true)).expect("convert");
+    assert_eq!(w.identity().to_string(), "spiffe://cluster.local/ns/ns/sa/default");
+    assert_eq!(w.protocol, Protocol::Hbone);
+    assert_eq!(w.canonical_revision, "latest");
+}
+
+#[test]
+fn bad_address_is_an_error_not_a_panic() {
+    let mut w = workload("u1", [10, 0, 0, 1], None, true);
+    w.addresses = vec![vec![1, 2, 3]];
+    assert!(convert_workload(w).is_err());
+    let mut w = workload("", [10, 0, 0, 1], None, true);
+    w.uid.clear();
+    assert!(convert_workload(w).is_err());
+}
+
+#[test]
+fn round_robin_over_healthy_endpoints() {
+    let s = State::default();
+    s.upsert(Address::Service(convert_service(service([10, 96, 0, 1])).expect("svc")));
+    s.upsert(Address::Workload(convert_workload(workload("a", [10, 0, 0, 1], Some((KEY, 80, 8080)), true)).expect("w")));
+    s.upsert(Address::Workload(convert_workload(workload("b", [10, 0, 0, 2], Some((KEY, 80, 8080)), true)).expect("w")));
+    s.upsert(Address::Workload(convert_workload(workload("c", [10, 0, 0, 3], Some((KEY, 80, 8080)), false)).expect("w")));
+    let svc = s.service_by_vip("10.96.0.1".parse().expect("ip")).expect("svc");
+    let mut seen = std::collections::HashMap::new();
+    for _ in 0..10 {
+        let (w, port) = s.pick_endpoint(&svc, 80).expect("endpoint");
+        assert_eq!(port, 8080);
+        *seen.entry(w.uid.clone()).or_insert(0) += 1;
+    }
+    assert_eq!(seen.get("a"), Some(&5));
+    assert_eq!(seen.get("b"), Some(&5));
+    assert!(!seen.contains_key("c"), "unhealthy endpoint picked");
+    assert!(s.pick_endpoint(&svc, 81).is_none());
+}
+
+#[test]
+fn removal_cleans_indexes() {
+    let s = State::default();
+    s.upsert(Address::Service(convert_service(service([10, 96, 0, 1])).expect("svc")));
+    s.upsert(Address::Workload(convert_workload(workload("a", [10, 0, 0, 1], Some((KEY, 80, 8080)), true)).expect("w")));
+    assert!(s.workload_by_ip("10.0.0.1".parse().expect("ip")).is_some());
+    assert!(s.remove_address("a"));
+    assert!(s.workload_by_ip("10.0.0.1".parse().expect("ip")).is_none());
+    let svc = s.service_by_host("svc.ns").expect("short name");
+    assert!(s.pick_endpoint(&svc, 80).is_none());
+    assert!(s.remove_address(KEY));
+    assert!(s.service_by_vip("10.96.0.1".parse().expect("ip")).is_none());
+    assert!(!s.remove_address("nope"));
+}
+
+#[test]
+fn moved_ip_follows_the_new_owner() {
+    let s = State::default();
+    s.upsert(Address::Workload(convert_workload(workload("a", [10, 0, 0, 1], None, true)).expect("w")));
+    s.upsert(Address::Workload(convert_workload(workload("b", [10, 0, 0, 1], None, true)).expect("w")));
+    s.remove_address("a");
+    assert_eq!(s.workload_by_ip("10.0.0.1".parse().expect("ip")).map(|w| w.uid.clone()), Some("b".into()));
+}
