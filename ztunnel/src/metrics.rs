@@ -130,24 +130,35 @@ fn access_log(info: &ConnectionInfo, received: u64, sent: u64, duration: std::ti
     let fmt_addr = |a: Option<SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
     let wname = |w: &Option<std::sync::Arc<Workload>>| w.as_ref().map(|w| w.name.clone()).unwrap_or_default();
     let wns = |w: &Option<std::sync::Arc<Workload>>| w.as_ref().map(|w| w.namespace.clone()).unwrap_or_default();
-    tracing::info!(
+    let (src_addr, dst_addr, hbone_addr) = (fmt_addr(info.src_addr), fmt_addr(info.dst_addr), fmt_addr(info.hbone_addr));
+    let (src_workload, src_namespace) = (wname(&info.src_workload), wns(&info.src_workload));
+    let (dst_workload, dst_namespace) = (wname(&info.dst_workload), wns(&info.dst_workload));
+    let src_identity = info.src_identity.as_deref().unwrap_or_default();
+    let dst_identity = info.dst_identity.as_deref().unwrap_or_default();
+    let dst_service = info.dst_service.as_ref().map(|s| s.hostname.as_str()).unwrap_or_default();
+    let policy = if info.mtls { "mutual_tls" } else { "unknown" };
+    let duration_ms = duration.as_millis() as u64;
+    let error = error.unwrap_or_default();
+    // `event!` rather than `info!`: the latter cannot parse a dotted first field name.
+    tracing::event!(
         target: "access",
-        src.addr = %fmt_addr(info.src_addr),
-        src.workload = %wname(&info.src_workload),
-        src.namespace = %wns(&info.src_workload),
-        src.identity = %info.src_identity.clone().unwrap_or_default(),
-        dst.addr = %fmt_addr(info.dst_addr),
-        dst.hbone_addr = %fmt_addr(info.hbone_addr),
-        dst.service = %info.dst_service.as_ref().map(|s| s.hostname.clone()).unwrap_or_default(),
-        dst.workload = %wname(&info.dst_workload),
-        dst.namespace = %wns(&info.dst_workload),
-        dst.identity = %info.dst_identity.clone().unwrap_or_default(),
+        tracing::Level::INFO,
+        src.addr = src_addr,
+        src.workload = src_workload,
+        src.namespace = src_namespace,
+        src.identity = src_identity,
+        dst.addr = dst_addr,
+        dst.hbone_addr = hbone_addr,
+        dst.service = dst_service,
+        dst.workload = dst_workload,
+        dst.namespace = dst_namespace,
+        dst.identity = dst_identity,
         direction,
-        connection_security_policy = if info.mtls { "mutual_tls" } else { "unknown" },
+        connection_security_policy = policy,
         bytes_sent = sent,
         bytes_recv = received,
-        duration_ms = duration.as_millis() as u64,
-        error = error.unwrap_or(""),
+        duration_ms,
+        error,
         "connection complete"
     );
 }

@@ -56,7 +56,7 @@ impl OutboundError {
     /// Istio's response flag for the failed-connection metric.
     pub fn response_flag(&self) -> &'static str {
         match self {
-            OutboundError::Hbone { source, .. } if source.is_tls() => "TLS_FAILURE",
+            OutboundError::Hbone { source: mesh_hbone::HboneError::Tls(_), .. } => "TLS_FAILURE",
             OutboundError::Hbone { .. } | OutboundError::Connect { .. } => "CONNECT",
             OutboundError::Identity(_) => "IDENTITY_ERROR",
             OutboundError::NoHealthyUpstream { .. } => "UH",
