@@ -1,6 +1,7 @@
 //! Wires ztunnel together: state, xDS client, certificate manager, listeners, admin servers,
 //! and graceful drain on SIGTERM.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -15,8 +16,6 @@ use crate::readiness::Readiness;
 use crate::state::State;
 use crate::xds::XdsClient;
 
-const LISTENERS_TASK: &str = "inbound listeners";
-
 /// What the admin endpoints and the listeners share.
 pub struct Shared {
     pub cfg: Arc<Config>,
@@ -24,12 +23,17 @@ pub struct Shared {
     pub certs: Arc<CertManager>,
     pub readiness: Readiness,
     pub shutdown: CancellationToken,
+    /// State version the inbound listeners were last reconciled to.
+    pub listeners_version: Arc<AtomicU64>,
 }
 
 impl Shared {
     /// Start-up tasks still pending, including certificates not yet issued.
     pub fn pending(&self) -> Vec<String> {
         let mut p = self.readiness.pending();
+        if p.is_empty() && self.listeners_version.load(Ordering::Acquire) < self.state.version() {
+            p.push("inbound listeners".into());
+        }
         if !self.certs.all_ready() {
             p.push("workload certificates".into());
         }
@@ -62,7 +66,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let ca = GrpcCaClient::new(&cfg).context("CA client")?;
     let certs = Arc::new(CertManager::new(Arc::new(ca), cfg.secret_ttl));
     let proxy = Proxy::new(cfg.clone(), state.clone(), certs.clone(), shutdown.clone());
-    let shared = Arc::new(Shared { cfg: cfg.clone(), state: state.clone(), certs, readiness: readiness.clone(), shutdown: shutdown.clone() });
+    let listeners_version = Arc::new(AtomicU64::new(0));
+    let shared = Arc::new(Shared {
+        cfg: cfg.clone(),
+        state: state.clone(),
+        certs,
+        readiness: readiness.clone(),
+        shutdown: shutdown.clone(),
+        listeners_version: listeners_version.clone(),
+    });
     let admin_state = Arc::new(AdminState { app: shared.clone(), metrics: prom });
 
     // Bind every fixed listener first so a port conflict fails start-up, not a later request.
@@ -88,19 +100,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         tokio::spawn(proxy::accept_loop(proxy.clone(), l, "inbound_plaintext", |p, s, peer| proxy::inbound_plaintext::serve(p, s, peer)));
     }
 
-    readiness.register(LISTENERS_TASK);
     let xds = XdsClient::new(cfg.clone(), state.clone(), readiness.clone());
     if cfg.xds_address.is_empty() {
         anyhow::bail!("XDS_ADDRESS is empty: ztunnel has no other source of workloads");
     }
     tokio::spawn(xds.run());
-    let r = readiness.clone();
-    tokio::spawn(proxy::inbound::manage_listeners(proxy.clone(), move || {
-        // Listeners reflect the config only once every xDS type has been applied.
-        if r.pending().iter().all(|t| t == LISTENERS_TASK) {
-            r.done(LISTENERS_TASK);
-        }
-    }));
+    tokio::spawn(proxy::inbound::manage_listeners(proxy.clone(), listeners_version));
 
     tokio::select! {
         _ = shutdown.cancelled() => {},

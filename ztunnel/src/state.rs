@@ -385,6 +385,11 @@ impl State {
         v
     }
 
+    /// The change counter (increases with every applied change).
+    pub fn version(&self) -> u64 {
+        *self.changes.borrow()
+    }
+
     /// Notifies on every change.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()

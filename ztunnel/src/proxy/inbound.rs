@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,10 +21,12 @@ use crate::state::{Protocol, Workload};
 
 /// Keeps one HBONE listener per local HBONE workload, following state changes, and tells the
 /// certificate manager which identities to keep.
-pub async fn manage_listeners(proxy: Arc<Proxy>, on_reconciled: impl Fn() + Send + 'static) {
+/// `reconciled` is set to the state version the listeners reflect.
+pub async fn manage_listeners(proxy: Arc<Proxy>, reconciled: Arc<AtomicU64>) {
     let mut changes = proxy.state.subscribe();
     let mut listeners: HashMap<IpAddr, (String, tokio::task::JoinHandle<()>)> = HashMap::new();
     loop {
+        let version = *changes.borrow_and_update();
         let local: Vec<Arc<Workload>> = proxy
             .state
             .workloads_on_node(&proxy.cfg.node_name)
@@ -54,7 +57,7 @@ pub async fn manage_listeners(proxy: Arc<Proxy>, on_reconciled: impl Fn() + Send
                 Err(e) => warn!(%addr, error = %e, "cannot open HBONE listener for workload; will retry on the next config change"),
             }
         }
-        on_reconciled();
+        reconciled.store(version, Ordering::Release);
         tokio::select! {
             _ = proxy.shutdown.cancelled() => break,
             r = changes.changed() => if r.is_err() { break },

@@ -95,9 +95,9 @@ struct MarkDialer {
 }
 
 impl mesh_hbone::client::Dialer for MarkDialer {
-    fn dial(&self, dst: SocketAddr) -> Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send>> {
+    fn dial(&self, src: Option<IpAddr>, dst: SocketAddr) -> Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send>> {
         let mark = self.mark;
-        Box::pin(connect(None, dst, mark))
+        Box::pin(connect(src, dst, mark))
     }
 }
 

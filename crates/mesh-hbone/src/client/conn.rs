@@ -55,7 +55,7 @@ pub(super) async fn dial(
     let handshake = async {
         let tcp = pool
             .dialer
-            .dial(dst)
+            .dial(key.src_ip, dst)
             .await
             .map_err(|e| HboneError::Connect(with_peer(dst, e)))?;
         let tls_stream = TlsConnector::from(tls.clone())

@@ -101,8 +101,9 @@ impl ConnectRequest {
 
 /// Seam for making the outer TCP connection (in-pod mode will dial from inside a pod netns).
 pub trait Dialer: Send + Sync + 'static {
-    /// Opens a TCP connection to `dst`.
-    fn dial(&self, dst: SocketAddr) -> Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send>>;
+    /// Opens a TCP connection to `dst`, from source address `src` when given (the pool key's
+    /// source IP: the peer then sees the workload's address, as it does in in-pod mode).
+    fn dial(&self, src: Option<IpAddr>, dst: SocketAddr) -> Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send>>;
 }
 
 /// Plain TCP connect with Istio's socket options: `TCP_NODELAY`, keepalive probes after 180 s
@@ -126,13 +127,16 @@ impl TcpDialer {
 }
 
 impl Dialer for TcpDialer {
-    fn dial(&self, dst: SocketAddr) -> Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send>> {
+    fn dial(&self, src: Option<IpAddr>, dst: SocketAddr) -> Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send>> {
         Box::pin(async move {
             let socket = if dst.is_ipv4() {
                 TcpSocket::new_v4()?
             } else {
                 TcpSocket::new_v6()?
             };
+            if let Some(ip) = src.filter(|ip| ip.is_ipv4() == dst.is_ipv4()) {
+                socket.bind(SocketAddr::new(ip, 0))?;
+            }
             socket.set_nodelay(true)?;
             TcpDialer::set_keepalive(socket2::SockRef::from(&socket))?;
             socket.connect(dst).await
