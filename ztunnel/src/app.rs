@@ -89,15 +89,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     if let Some(a) = cfg.socks5_addr {
         let l = admin::bind(a).await?;
-        tokio::spawn(proxy::accept_loop(proxy.clone(), l, "socks5", |p, s, peer| proxy::socks5::serve(p, s, peer)));
+        tokio::spawn(proxy::accept_loop(proxy.clone(), l, "socks5", proxy::socks5::serve));
     }
     if let Some(a) = cfg.outbound_addr {
         let l = admin::bind(a).await?;
-        tokio::spawn(proxy::accept_loop(proxy.clone(), l, "outbound", |p, s, peer| proxy::outbound::serve_captured(p, s, peer)));
+        tokio::spawn(proxy::accept_loop(proxy.clone(), l, "outbound", proxy::outbound::serve_captured));
     }
     if let Some(a) = cfg.inbound_plaintext_addr {
         let l = admin::bind(a).await?;
-        tokio::spawn(proxy::accept_loop(proxy.clone(), l, "inbound_plaintext", |p, s, peer| proxy::inbound_plaintext::serve(p, s, peer)));
+        tokio::spawn(proxy::accept_loop(proxy.clone(), l, "inbound_plaintext", proxy::inbound_plaintext::serve));
     }
 
     let xds = XdsClient::new(cfg.clone(), state.clone(), readiness.clone());

@@ -153,7 +153,7 @@ impl Config {
     /// Builds the configuration from `src`, applying Istio's defaults.
     pub fn from_source(src: &dyn Source) -> Result<Config, ConfigError> {
         let xds_address = src.get(env::XDS_ADDRESS).unwrap_or_else(|| "https://127.0.0.1:15012".into());
-        if !xds_address.is_empty() && !(xds_address.starts_with("http://") || xds_address.starts_with("https://")) {
+        if !(xds_address.is_empty() || xds_address.starts_with("http://") || xds_address.starts_with("https://")) {
             return Err(ConfigError::Invalid {
                 var: env::XDS_ADDRESS,
                 value: xds_address,

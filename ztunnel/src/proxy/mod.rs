@@ -1,6 +1,7 @@
 //! The data plane: outbound (SOCKS5 and captured 15001), inbound HBONE (per-workload 15008) and
 //! inbound plaintext (15006) listeners, sharing one [`Proxy`] context.
 
+mod copy;
 pub mod inbound;
 pub mod inbound_plaintext;
 pub mod outbound;
@@ -14,7 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{SockRef, TcpKeepalive};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::identity::CertManager;
 use crate::state::State;
+pub use copy::relay;
 
 /// Ports that must never be a destination: they would loop into ztunnel itself.
 pub const ILLEGAL_PORTS: [u16; 4] = [15001, 15006, 15008, 15080];
@@ -98,19 +99,6 @@ impl mesh_hbone::client::Dialer for MarkDialer {
     fn dial(&self, src: Option<IpAddr>, dst: SocketAddr) -> Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send>> {
         let mark = self.mark;
         Box::pin(connect(src, dst, mark))
-    }
-}
-
-/// Copies both ways until both sides are done, propagating half-close; returns
-/// (bytes a→b, bytes b→a) even when the copy ends with an error.
-pub async fn relay<A, B>(a: &mut A, b: &mut B) -> (u64, u64, Option<io::Error>)
-where
-    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
-{
-    match tokio::io::copy_bidirectional_with_sizes(a, b, 16 * 1024, 16 * 1024).await {
-        Ok((ab, ba)) => (ab, ba, None),
-        Err(e) => (0, 0, Some(e)),
     }
 }
 
