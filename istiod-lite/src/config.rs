@@ -1,0 +1,463 @@
+//! Command line and environment configuration.
+//!
+//! Every setting has an Istio-style environment variable and a `--flag`; a flag wins over the
+//! environment. Parsing goes through the [`Env`] trait so tests pass a map and never touch the
+//! process environment.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Directory of multi-document YAML files (Namespace, Pod, Service, ...), watched for changes.
+pub const CONFIG_DIR: &str = "CONFIG_DIR";
+/// Where istiod-lite keeps its state: the self-signed CA, the node-token secret, root-cert.pem.
+pub const STATE_DIR: &str = "STATE_DIR";
+/// Optional plug-in CA in Istio's `cacerts` layout.
+pub const CACERTS_DIR: &str = "CACERTS_DIR";
+/// SPIFFE trust domain of issued certificates and of pushed workloads.
+pub const TRUST_DOMAIN: &str = "TRUST_DOMAIN";
+/// Upper bound of a workload certificate's validity (seconds, or "24h", "90m", ...).
+pub const MAX_WORKLOAD_CERT_TTL: &str = "MAX_WORKLOAD_CERT_TTL";
+/// Plaintext gRPC listener (delta ADS + CA) for local mode.
+pub const XDS_PLAINTEXT_ADDR: &str = "XDS_PLAINTEXT_ADDR";
+/// TLS gRPC listener (delta ADS + CA).
+pub const XDS_TLS_ADDR: &str = "XDS_TLS_ADDR";
+/// HTTP listener for /metrics, /ready and /debug/*.
+pub const MONITORING_ADDR: &str = "MONITORING_ADDR";
+/// Quiet period after a config change before the new model is pushed.
+pub const PUSH_DEBOUNCE_MS: &str = "PUSH_DEBOUNCE_MS";
+/// Cluster id written into every workload (Istio's CLUSTER_ID).
+pub const CLUSTER_ID: &str = "CLUSTER_ID";
+
+const DEFAULT_STATE_DIR: &str = "./.state/istiod";
+const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
+const DEFAULT_MAX_WORKLOAD_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
+const DEFAULT_PUSH_DEBOUNCE_MS: u64 = 100;
+/// How often CONFIG_DIR is scanned; with the debounce this keeps edit-to-client under 1 s.
+const CONFIG_POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Usage text printed by `--help` and on flag errors.
+pub const USAGE: &str = "\
+usage: istiod-lite [flags]              run the control plane
+       istiod-lite node-token --state-dir DIR --node NODE
+                                        print the bootstrap token of a node
+
+flags (each also read from the environment variable in brackets; a flag wins):
+  --config-dir DIR              [CONFIG_DIR] YAML config directory (watched)
+  --state-dir DIR               [STATE_DIR] default ./.state/istiod
+  --cacerts-dir DIR             [CACERTS_DIR] plug-in CA (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem)
+  --trust-domain TD             [TRUST_DOMAIN] default cluster.local
+  --max-workload-cert-ttl D     [MAX_WORKLOAD_CERT_TTL] seconds or 24h/90m/30s; default 24h
+  --xds-plaintext-addr ADDR     [XDS_PLAINTEXT_ADDR] default 127.0.0.1:15010
+  --xds-tls-addr ADDR           [XDS_TLS_ADDR] default 127.0.0.1:15012
+  --monitoring-addr ADDR        [MONITORING_ADDR] default 127.0.0.1:15014
+  --push-debounce-ms MS         [PUSH_DEBOUNCE_MS] default 100
+  --cluster-id ID               [CLUSTER_ID] default Kubernetes
+";
+
+/// Errors in flags or environment values.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A flag this program does not know.
+    #[error("unknown flag {0} (see --help)")]
+    UnknownFlag(String),
+    /// A flag given without its value.
+    #[error("flag {0} needs a value")]
+    MissingValue(String),
+    /// A value that does not parse.
+    #[error("invalid {name}={value:?}: {reason}")]
+    Invalid {
+        /// Env or flag name.
+        name: String,
+        /// The value as given.
+        value: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// A required setting is absent.
+    #[error("{0} is required")]
+    Required(&'static str),
+    /// `--help` was given.
+    #[error("{USAGE}")]
+    Help,
+}
+
+/// Source of environment variables; the process environment in production, a map in tests.
+pub trait Env {
+    /// Value of `key`, if set.
+    fn get(&self, key: &str) -> Option<String>;
+}
+
+/// The real process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn get(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok()
+    }
+}
+
+impl Env for HashMap<String, String> {
+    fn get(&self, key: &str) -> Option<String> {
+        HashMap::get(self, key).cloned()
+    }
+}
+
+/// What the command line asks for.
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// Run the control plane.
+    Serve(Box<Config>),
+    /// Print the bootstrap token of `node`, creating the secret in `state_dir` if needed.
+    NodeToken {
+        /// Directory holding node-token.key.
+        state_dir: PathBuf,
+        /// Node name the token is for.
+        node: String,
+    },
+}
+
+/// Runtime configuration of the control plane (logged once at start-up).
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    /// YAML config directory; `None` runs with an empty model.
+    pub config_dir: Option<PathBuf>,
+    /// State directory (CA root, node-token secret, root-cert.pem).
+    pub state_dir: PathBuf,
+    /// Plug-in CA directory, if any.
+    pub cacerts_dir: Option<PathBuf>,
+    /// Trust domain of identities we issue and push.
+    pub trust_domain: String,
+    /// Cluster id written into workloads.
+    pub cluster_id: String,
+    /// Maximum workload certificate validity.
+    #[serde(serialize_with = "ser_duration")]
+    pub max_workload_cert_ttl: Duration,
+    /// Plaintext ADS + CA listener.
+    pub xds_plaintext_addr: SocketAddr,
+    /// TLS ADS + CA listener.
+    pub xds_tls_addr: SocketAddr,
+    /// Monitoring HTTP listener.
+    pub monitoring_addr: SocketAddr,
+    /// Debounce between a config change and the push.
+    #[serde(serialize_with = "ser_duration")]
+    pub push_debounce: Duration,
+    /// Poll interval of the config directory watcher.
+    #[serde(serialize_with = "ser_duration")]
+    pub config_poll_interval: Duration,
+}
+
+fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{d:?}"))
+}
+
+impl Config {
+    /// Defaults with everything optional unset (tests start from here).
+    pub fn with_defaults() -> Self {
+        Config {
+            config_dir: None,
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            cacerts_dir: None,
+            trust_domain: DEFAULT_TRUST_DOMAIN.to_string(),
+            cluster_id: DEFAULT_CLUSTER_ID.to_string(),
+            max_workload_cert_ttl: DEFAULT_MAX_WORKLOAD_CERT_TTL,
+            xds_plaintext_addr: loopback(15010),
+            xds_tls_addr: loopback(15012),
+            monitoring_addr: loopback(15014),
+            push_debounce: Duration::from_millis(DEFAULT_PUSH_DEBOUNCE_MS),
+            config_poll_interval: CONFIG_POLL_INTERVAL,
+        }
+    }
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Parses the command line (without the program name) and the environment.
+pub fn parse(args: &[String], env: &dyn Env) -> Result<Command, ConfigError> {
+    if args.first().map(String::as_str) == Some("node-token") {
+        let flags = parse_flags(&args[1..], &["--state-dir", "--node"])?;
+        let state_dir = flags
+            .get("--state-dir")
+            .cloned()
+            .or_else(|| env.get(STATE_DIR))
+            .unwrap_or_else(|| DEFAULT_STATE_DIR.to_string());
+        let node = flags
+            .get("--node")
+            .cloned()
+            .ok_or(ConfigError::Required("--node"))?;
+        if node.is_empty() {
+            return Err(ConfigError::Required("--node"));
+        }
+        return Ok(Command::NodeToken {
+            state_dir: PathBuf::from(state_dir),
+            node,
+        });
+    }
+
+    let flags = parse_flags(args, &FLAGS.iter().map(|(f, _)| *f).collect::<Vec<_>>())?;
+    // A flag overrides the environment variable of the same setting.
+    let get = |env_name: &str| -> Option<String> {
+        FLAGS
+            .iter()
+            .find(|(_, e)| *e == env_name)
+            .and_then(|(flag, _)| flags.get(*flag).cloned())
+            .or_else(|| env.get(env_name))
+    };
+    let non_empty = |env_name: &str| get(env_name).filter(|v| !v.is_empty());
+
+    let mut cfg = Config::with_defaults();
+    cfg.config_dir = non_empty(CONFIG_DIR).map(PathBuf::from);
+    if let Some(v) = non_empty(STATE_DIR) {
+        cfg.state_dir = PathBuf::from(v);
+    }
+    cfg.cacerts_dir = non_empty(CACERTS_DIR).map(PathBuf::from);
+    if let Some(v) = non_empty(TRUST_DOMAIN) {
+        if v.contains('/') || v.contains(char::is_whitespace) {
+            return Err(invalid(
+                TRUST_DOMAIN,
+                &v,
+                "a trust domain is a DNS-like name without '/' or spaces",
+            ));
+        }
+        cfg.trust_domain = v;
+    }
+    if let Some(v) = non_empty(CLUSTER_ID) {
+        cfg.cluster_id = v;
+    }
+    if let Some(v) = non_empty(MAX_WORKLOAD_CERT_TTL) {
+        cfg.max_workload_cert_ttl =
+            parse_duration(&v).map_err(|r| invalid(MAX_WORKLOAD_CERT_TTL, &v, &r))?;
+        if cfg.max_workload_cert_ttl.is_zero() {
+            return Err(invalid(MAX_WORKLOAD_CERT_TTL, &v, "must be positive"));
+        }
+    }
+    if let Some(v) = non_empty(XDS_PLAINTEXT_ADDR) {
+        cfg.xds_plaintext_addr = parse_addr(XDS_PLAINTEXT_ADDR, &v)?;
+    }
+    if let Some(v) = non_empty(XDS_TLS_ADDR) {
+        cfg.xds_tls_addr = parse_addr(XDS_TLS_ADDR, &v)?;
+    }
+    if let Some(v) = non_empty(MONITORING_ADDR) {
+        cfg.monitoring_addr = parse_addr(MONITORING_ADDR, &v)?;
+    }
+    if let Some(v) = non_empty(PUSH_DEBOUNCE_MS) {
+        let ms: u64 = v
+            .parse()
+            .map_err(|_| invalid(PUSH_DEBOUNCE_MS, &v, "expected milliseconds"))?;
+        cfg.push_debounce = Duration::from_millis(ms);
+    }
+    Ok(Command::Serve(Box::new(cfg)))
+}
+
+/// (flag, env var) pairs of the serve command.
+const FLAGS: &[(&str, &str)] = &[
+    ("--config-dir", CONFIG_DIR),
+    ("--state-dir", STATE_DIR),
+    ("--cacerts-dir", CACERTS_DIR),
+    ("--trust-domain", TRUST_DOMAIN),
+    ("--cluster-id", CLUSTER_ID),
+    ("--max-workload-cert-ttl", MAX_WORKLOAD_CERT_TTL),
+    ("--xds-plaintext-addr", XDS_PLAINTEXT_ADDR),
+    ("--xds-tls-addr", XDS_TLS_ADDR),
+    ("--monitoring-addr", MONITORING_ADDR),
+    ("--push-debounce-ms", PUSH_DEBOUNCE_MS),
+];
+
+/// Parses `--flag value` and `--flag=value` pairs, accepting only `known` flags.
+fn parse_flags(args: &[String], known: &[&str]) -> Result<HashMap<String, String>, ConfigError> {
+    let mut out = HashMap::new();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        if arg == "--help" || arg == "-h" {
+            return Err(ConfigError::Help);
+        }
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        if !known.contains(&flag.as_str()) {
+            return Err(ConfigError::UnknownFlag(arg.clone()));
+        }
+        let value = match inline {
+            Some(v) => v,
+            None => it
+                .next()
+                .cloned()
+                .ok_or_else(|| ConfigError::MissingValue(flag.clone()))?,
+        };
+        out.insert(flag, value);
+    }
+    Ok(out)
+}
+
+fn invalid(name: &str, value: &str, reason: &str) -> ConfigError {
+    ConfigError::Invalid {
+        name: name.to_string(),
+        value: value.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+fn parse_addr(name: &str, v: &str) -> Result<SocketAddr, ConfigError> {
+    v.parse().map_err(|_| {
+        invalid(
+            name,
+            v,
+            "expected IP:port, e.g. 127.0.0.1:15010 or [::1]:15010",
+        )
+    })
+}
+
+/// Parses "86400", "86400s", "24h", "1h30m", "500ms" (bare numbers are seconds).
+pub fn parse_duration(v: &str) -> Result<Duration, String> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = v;
+    if rest.is_empty() {
+        return Err("empty duration".into());
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err("expected a number before each unit, e.g. 24h or 90m".into());
+        }
+        let n: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| "number too large".to_string())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        total += match unit {
+            "h" => Duration::from_secs(n * 3600),
+            "m" => Duration::from_secs(n * 60),
+            "s" => Duration::from_secs(n),
+            "ms" => Duration::from_millis(n),
+            "" => return Err("missing unit (h, m, s or ms)".into()),
+            other => return Err(format!("unknown unit {other:?} (use h, m, s or ms)")),
+        };
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn serve(a: &[&str], e: &[(&str, &str)]) -> Config {
+        match parse(&args(a), &env(e)).unwrap() {
+            Command::Serve(c) => *c,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let c = serve(&[], &[]);
+        assert_eq!(c.trust_domain, "cluster.local");
+        assert_eq!(c.state_dir, PathBuf::from("./.state/istiod"));
+        assert_eq!(c.xds_plaintext_addr.to_string(), "127.0.0.1:15010");
+        assert_eq!(c.xds_tls_addr.to_string(), "127.0.0.1:15012");
+        assert_eq!(c.monitoring_addr.to_string(), "127.0.0.1:15014");
+        assert_eq!(c.push_debounce, Duration::from_millis(100));
+        assert_eq!(c.max_workload_cert_ttl, Duration::from_secs(86400));
+        assert!(c.config_dir.is_none());
+    }
+
+    #[test]
+    fn env_then_flags_override() {
+        let e = [
+            ("CONFIG_DIR", "/env/cfg"),
+            ("TRUST_DOMAIN", "env.td"),
+            ("MAX_WORKLOAD_CERT_TTL", "1h30m"),
+        ];
+        let c = serve(&[], &e);
+        assert_eq!(c.config_dir, Some(PathBuf::from("/env/cfg")));
+        assert_eq!(c.trust_domain, "env.td");
+        assert_eq!(c.max_workload_cert_ttl, Duration::from_secs(5400));
+        let c = serve(
+            &[
+                "--config-dir",
+                "/flag/cfg",
+                "--trust-domain=flag.td",
+                "--push-debounce-ms",
+                "5",
+            ],
+            &e,
+        );
+        assert_eq!(c.config_dir, Some(PathBuf::from("/flag/cfg")));
+        assert_eq!(c.trust_domain, "flag.td");
+        assert_eq!(c.push_debounce, Duration::from_millis(5));
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let err = parse(&args(&[]), &env(&[("XDS_TLS_ADDR", "nope")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("XDS_TLS_ADDR") && err.contains("nope"),
+            "{err}"
+        );
+        let err = parse(&args(&["--bogus"]), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--bogus"), "{err}");
+        let err = parse(&args(&["--state-dir"]), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--state-dir"), "{err}");
+    }
+
+    #[test]
+    fn node_token_command() {
+        match parse(
+            &args(&["node-token", "--state-dir", "/s", "--node", "n1"]),
+            &env(&[]),
+        )
+        .unwrap()
+        {
+            Command::NodeToken { state_dir, node } => {
+                assert_eq!(state_dir, PathBuf::from("/s"));
+                assert_eq!(node, "n1");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(parse(&args(&["node-token", "--state-dir", "/s"]), &env(&[])).is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("86400").unwrap(), Duration::from_secs(86400));
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
+        assert_eq!(parse_duration("10m5s").unwrap(), Duration::from_secs(605));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("5d").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

@@ -1,0 +1,155 @@
+//! Pod → `istio.workload.Workload`.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use mesh_proto::workload::{PortList, TunnelProtocol, Workload, WorkloadStatus, WorkloadType};
+
+use super::service::{hostname, resolve_port, service_key};
+use super::ModelParams;
+use crate::source::{ConfigSnapshot, Pod};
+
+/// Label (pod or namespace) that opts into ambient; a pod's `none` opts out.
+pub const DATAPLANE_MODE_LABEL: &str = "istio.io/dataplane-mode";
+
+/// Workload uid, which is also its xDS resource name.
+pub fn workload_uid(cluster_id: &str, namespace: &str, name: &str) -> String {
+    format!("{cluster_id}//Pod/{namespace}/{name}")
+}
+
+/// Pod is captured if labelled `ambient`, or its namespace is and the pod is not `none`.
+pub fn is_ambient(pod: &Pod, namespace_labels: Option<&BTreeMap<String, String>>) -> bool {
+    match pod
+        .metadata
+        .labels
+        .get(DATAPLANE_MODE_LABEL)
+        .map(String::as_str)
+    {
+        Some("none") => false,
+        Some("ambient") => true,
+        _ => namespace_labels
+            .and_then(|l| l.get(DATAPLANE_MODE_LABEL))
+            .is_some_and(|m| m == "ambient"),
+    }
+}
+
+fn first_label<'a>(labels: &'a BTreeMap<String, String>, keys: &[&str]) -> Option<&'a str> {
+    keys.iter()
+        .find_map(|k| labels.get(*k))
+        .map(String::as_str)
+        .filter(|v| !v.is_empty())
+}
+
+/// Canonical service name: Istio's label precedence, else the pod name.
+pub fn canonical_name(pod: &Pod) -> String {
+    first_label(
+        &pod.metadata.labels,
+        &[
+            "service.istio.io/canonical-name",
+            "app.kubernetes.io/name",
+            "app",
+        ],
+    )
+    .unwrap_or(&pod.metadata.name)
+    .to_string()
+}
+
+/// Canonical revision: Istio's label precedence, else "latest".
+pub fn canonical_revision(pod: &Pod) -> String {
+    first_label(
+        &pod.metadata.labels,
+        &[
+            "service.istio.io/canonical-revision",
+            "app.kubernetes.io/version",
+            "version",
+        ],
+    )
+    .unwrap_or("latest")
+    .to_string()
+}
+
+fn ip_bytes(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
+}
+
+/// Translates one pod; `None` when it has no IP yet or has terminated.
+pub fn translate_pod(cfg: &ConfigSnapshot, params: &ModelParams, pod: &Pod) -> Option<Workload> {
+    let ip = pod.status.ip?;
+    if pod.is_terminated() {
+        return None;
+    }
+    let ns = pod.metadata.ns();
+    let name = &pod.metadata.name;
+    let tunnel = if is_ambient(pod, cfg.namespace_labels(ns)) {
+        TunnelProtocol::Hbone
+    } else {
+        TunnelProtocol::None
+    };
+
+    let mut services = std::collections::HashMap::new();
+    let range =
+        crate::source::ObjectKey::new(ns, "")..crate::source::ObjectKey::new(format!("{ns}\0"), "");
+    for svc in cfg.services.range(range).map(|(_, s)| s) {
+        let sel = &svc.spec.selector;
+        // A Service without a selector selects nothing (its endpoints would be managed by hand).
+        if sel.is_empty()
+            || !sel
+                .iter()
+                .all(|(k, v)| pod.metadata.labels.get(k) == Some(v))
+        {
+            continue;
+        }
+        let ports = svc
+            .spec
+            .ports
+            .iter()
+            .filter_map(|p| resolve_port(svc, p, Some(pod)))
+            .collect();
+        services.insert(
+            service_key(ns, &hostname(&svc.metadata.name, ns)),
+            PortList { ports },
+        );
+    }
+
+    let mut w = Workload {
+        uid: workload_uid(&params.cluster_id, ns, name),
+        name: name.clone(),
+        namespace: ns.to_string(),
+        addresses: vec![ip_bytes(ip)],
+        trust_domain: params.trust_domain.clone(),
+        service_account: pod.service_account().to_string(),
+        node: pod.spec.node_name.clone().unwrap_or_default(),
+        canonical_name: canonical_name(pod),
+        canonical_revision: canonical_revision(pod),
+        workload_name: name.clone(),
+        services,
+        cluster_id: params.cluster_id.clone(),
+        ..Default::default()
+    };
+    w.set_tunnel_protocol(tunnel);
+    w.set_workload_type(WorkloadType::Pod);
+    w.set_status(if pod.is_ready() {
+        WorkloadStatus::Healthy
+    } else {
+        WorkloadStatus::Unhealthy
+    });
+    Some(w)
+}
+
+/// All workloads of the config, keyed by uid.
+pub fn translate(cfg: &ConfigSnapshot, params: &ModelParams) -> Vec<(String, Workload)> {
+    cfg.pods
+        .values()
+        .filter_map(|pod| {
+            let w = translate_pod(cfg, params, pod);
+            if w.is_none() {
+                tracing::debug!(namespace = pod.metadata.ns(), pod = %pod.metadata.name, "pod without podIP (or terminated) not pushed");
+            }
+            w
+        })
+        .map(|w| (w.uid.clone(), w))
+        .collect()
+}

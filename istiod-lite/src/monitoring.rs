@@ -1,0 +1,178 @@
+//! Monitoring listener (15014): `/metrics`, `/ready`, `/debug/connections`, `/debug/config`.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use crate::source::ConfigSnapshot;
+use crate::xds::registry::ClientRegistry;
+
+/// Errors setting up metrics.
+#[derive(Debug, thiserror::Error)]
+pub enum MonitoringError {
+    /// The Prometheus recorder could not be built or installed.
+    #[error("cannot install the Prometheus metrics recorder: {0}")]
+    Recorder(String),
+}
+
+/// Installs the process-wide Prometheus recorder once (later calls return the same handle, so
+/// several in-process instances in tests share it) and describes every module's metrics.
+pub fn install_recorder() -> Result<PrometheusHandle, MonitoringError> {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let err = |e: metrics_exporter_prometheus::BuildError| MonitoringError::Recorder(e.to_string());
+    let builder = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(crate::xds::PILOT_XDS_PUSH_TIME.into()),
+            crate::xds::PUSH_TIME_BUCKETS,
+        )
+        .map_err(err)?
+        .set_buckets_for_metric(
+            Matcher::Full(crate::xds::PILOT_XDS_CONFIG_SIZE_BYTES.into()),
+            crate::xds::CONFIG_SIZE_BUCKETS,
+        )
+        .map_err(err)?;
+    let recorder = builder.build_recorder();
+    let handle = recorder.handle();
+    // If another thread raced us, keep whichever handle belongs to the installed recorder.
+    let handle = HANDLE.get_or_init(|| {
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
+        }
+        handle
+    });
+    crate::source::describe_metrics();
+    crate::model::describe_metrics();
+    crate::xds::describe_metrics();
+    crate::ca::describe_metrics();
+    Ok(handle.clone())
+}
+
+/// What the monitoring endpoints read.
+#[derive(Clone)]
+pub struct MonitoringState {
+    /// Prometheus handle for /metrics.
+    pub metrics: PrometheusHandle,
+    /// Set once config is loaded and every listener is bound.
+    pub ready: Arc<AtomicBool>,
+    /// Connected xDS clients.
+    pub clients: Arc<ClientRegistry>,
+    /// Current config (for /debug/config).
+    pub config: watch::Receiver<Arc<ConfigSnapshot>>,
+}
+
+/// Serves HTTP/1.1 on `listener` until `shutdown` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    state: MonitoringState,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    // Histograms are only summarised on upkeep; keep them fresh between scrapes.
+    let upkeep = {
+        let h = state.metrics.clone();
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                t.tick().await;
+                h.run_upkeep();
+            }
+        })
+    };
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "monitoring accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let state = state.clone();
+        let svc = service_fn(move |req| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(handle(&state, req)) }
+        });
+        tokio::spawn(
+            async move {
+                if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await
+                {
+                    tracing::debug!(error = %e, "monitoring connection error");
+                }
+            }
+            .instrument(tracing::debug_span!("monitoring", peer = %peer)),
+        );
+    }
+    upkeep.abort();
+}
+
+fn handle(state: &MonitoringState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into());
+    }
+    match req.uri().path() {
+        "/metrics" | "/stats/prometheus" => {
+            let mut r = text(StatusCode::OK, state.metrics.render());
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            r
+        }
+        "/ready" => {
+            if state.ready.load(Ordering::Acquire) {
+                text(StatusCode::OK, "ready\n".into())
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into())
+            }
+        }
+        "/debug/connections" => json(&state.clients.list()),
+        "/debug/config" => json(&*state.config.borrow().clone()),
+        "/" => text(
+            StatusCode::OK,
+            "/metrics\n/ready\n/debug/connections\n/debug/config\n".into(),
+        ),
+        _ => text(StatusCode::NOT_FOUND, "not found; try /\n".into()),
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r
+}
+
+fn json<T: serde::Serialize + ?Sized>(v: &T) -> Response<Full<Bytes>> {
+    match serde_json::to_string_pretty(v) {
+        Ok(body) => {
+            let mut r = text(StatusCode::OK, body + "\n");
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode JSON: {e}\n"),
+        ),
+    }
+}

@@ -1,0 +1,6 @@
+//! In-process tests of istiod-lite over real loopback gRPC connections.
+#![allow(clippy::unwrap_used)]
+
+mod ca;
+mod harness;
+mod xds;
