@@ -71,6 +71,9 @@ pub async fn connect(src: Option<IpAddr>, dst: SocketAddr, mark: Option<u32>) ->
         sref.set_mark(m)?;
     }
     if let Some(ip) = src.filter(|ip| ip.is_ipv4() == dst.is_ipv4()) {
+        // Let connect() pick the source port knowing the full 4-tuple; otherwise bind() must find
+        // a port unused towards *every* destination, which crawls once TIME_WAIT fills the range.
+        let _ = nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::IpBindAddressNoPort, &true);
         if let Err(e) = socket.bind(SocketAddr::new(ip, 0)) {
             if e.kind() != io::ErrorKind::AddrNotAvailable {
                 return Err(e);

@@ -1,0 +1,145 @@
+//! Transparent outbound capture on 15001 (root only): inside a network namespace this test
+//! creates, an iptables REDIRECT sends a plain client's connection to a service VIP into node1's
+//! ztunnel, which tunnels it over HBONE to node2's ztunnel and the app. No SOCKS anywhere.
+//!
+//! The test re-executes itself inside the namespace (`ip netns exec`), so istiod-lite, both
+//! ztunnels, the app and the client all live there and the machine's own network is untouched.
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use mesh_e2e::apps::{self, EchoServer};
+use mesh_e2e::netns::{self, NetNs};
+use mesh_e2e::socks5::connect_from;
+use mesh_e2e::topology::{APP_PORT, CLIENT_IP, SERVER_IP, SERVER_VIP, SERVICE_PORT};
+use mesh_e2e::{
+    eventually, in_ci, skip, Mesh, MeshOptions, Topology, CLIENT_SPIFFE, SERVER_SPIFFE,
+};
+
+const TEST_NAME: &str = "outbound_capture_on_15001_with_iptables_redirect";
+
+#[test]
+fn outbound_capture_on_15001_with_iptables_redirect() {
+    if netns::inside().is_some() {
+        return inside_the_namespace();
+    }
+    if !netns::is_root() {
+        if in_ci() {
+            panic!("CI=true but not root: the 15001 capture test needs network namespaces (run CI as root)");
+        }
+        println!("skipping: needs root (network namespaces)");
+        return;
+    }
+    for prog in ["ip", "iptables"] {
+        if !netns::have(prog)
+            && skip(&format!(
+                "{prog} not found (make test installs iproute2 and iptables)"
+            ))
+        {
+            return;
+        }
+    }
+    let ns = NetNs::create().expect("creating a network namespace");
+    let out = ns
+        .run_test_inside(TEST_NAME)
+        .expect("running the test inside the namespace");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("--- inside {} ---\n{stdout}", ns.name);
+    eprintln!("{stderr}");
+    assert!(
+        out.status.success(),
+        "the test failed inside network namespace {} ({})",
+        ns.name,
+        out.status
+    );
+    // Make sure the filter matched and the body really ran (libtest prints "1 passed").
+    assert!(
+        stdout.contains("1 passed"),
+        "the inner run did not execute {TEST_NAME}"
+    );
+}
+
+fn inside_the_namespace() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut options = MeshOptions {
+            lock: false,
+            ..Default::default()
+        };
+        options
+            .outbound_addr
+            .insert("node1".into(), "0.0.0.0:15001".into());
+        let mesh = Mesh::start(Topology::demo(), options).await;
+        mesh.check(async {
+            netns::run(Command::new("iptables").args([
+                "-t",
+                "nat",
+                "-A",
+                "OUTPUT",
+                "-p",
+                "tcp",
+                "-d",
+                "127.0.2.0/24",
+                "-j",
+                "REDIRECT",
+                "--to-ports",
+                "15001",
+            ]))?;
+            let app = EchoServer::start(SERVER_IP.into(), APP_PORT).await?;
+            // A plain TCP client: bound to its pod IP, connecting to the VIP, no proxy protocol.
+            let vip = SocketAddr::new(SERVER_VIP.into(), SERVICE_PORT);
+            let mut s = connect_from(CLIENT_IP.into(), vip).await?;
+            apps::echo_roundtrip(&mut s, b"captured, not configured").await?;
+            drop(s);
+            anyhow::ensure!(
+                app.connections() == 1,
+                "app saw {} connections",
+                app.connections()
+            );
+
+            // The destination side saw it arrive over mTLS from the client's identity.
+            let node2 = mesh.ztunnel("node2");
+            let labels = [
+                ("reporter", "destination"),
+                ("source_principal", CLIENT_SPIFFE),
+                ("destination_principal", SERVER_SPIFFE),
+                ("connection_security_policy", "mutual_tls"),
+            ];
+            eventually(
+                "destination-side mTLS metrics",
+                Duration::from_secs(10),
+                Duration::from_millis(50),
+                || async {
+                    Ok((node2
+                        .metrics()
+                        .await?
+                        .sum("istio_tcp_connections_opened_total", &labels)
+                        >= 1.0)
+                        .then_some(()))
+                },
+            )
+            .await?;
+            let src = mesh.ztunnel("node1").metrics().await?;
+            let n = src.sum(
+                "istio_tcp_connections_opened_total",
+                &[
+                    ("reporter", "source"),
+                    ("destination_service", "server.demo-b.svc.cluster.local"),
+                ],
+            );
+            anyhow::ensure!(
+                n >= 1.0,
+                "node1 did not count the captured connection to the service"
+            );
+            println!("captured connection tunnelled: app peers {:?}", app.peers());
+            Ok(())
+        })
+        .await;
+    });
+}
