@@ -25,7 +25,9 @@ impl Args {
         let mut m = HashMap::new();
         let mut it = v.iter();
         while let Some(k) = it.next() {
-            let k = k.strip_prefix("--").with_context(|| format!("unexpected argument {k}"))?;
+            let k = k
+                .strip_prefix("--")
+                .with_context(|| format!("unexpected argument {k}"))?;
             let val = it.next().with_context(|| format!("--{k} needs a value"))?;
             m.insert(k.to_string(), val.clone());
         }
@@ -43,17 +45,26 @@ impl Args {
 }
 
 async fn connect(from: IpAddr, to: SocketAddr) -> Result<TcpStream> {
-    let s = if to.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let s = if to.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     // As ztunnel does: choose the source port at connect() time (IP_BIND_ADDRESS_NO_PORT).
     let _ = nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::IpBindAddressNoPort, &true);
     s.bind(SocketAddr::new(from, 0))?;
-    let c = s.connect(to).await.with_context(|| format!("connect {to}"))?;
+    let c = s
+        .connect(to)
+        .await
+        .with_context(|| format!("connect {to}"))?;
     c.set_nodelay(true)?;
     Ok(c)
 }
 
 async fn echo(listen: SocketAddr) -> Result<()> {
-    let l = TcpListener::bind(listen).await.with_context(|| format!("bind {listen}"))?;
+    let l = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("bind {listen}"))?;
     println!("echo listening on {listen}");
     loop {
         let (mut s, _) = l.accept().await?;
@@ -146,7 +157,11 @@ async fn connect_rate(a: &Args) -> Result<()> {
         t.await?;
     }
     let n = done.load(Ordering::Relaxed);
-    println!("connect to={to} concurrency={conc} secs={secs} conns={n} conns_per_s={:.0} errors={}", n as f64 / secs as f64, errors.load(Ordering::Relaxed));
+    println!(
+        "connect to={to} concurrency={conc} secs={secs} conns={n} conns_per_s={:.0} errors={}",
+        n as f64 / secs as f64,
+        errors.load(Ordering::Relaxed)
+    );
     Ok(())
 }
 
@@ -172,7 +187,9 @@ async fn hold(a: &Args) -> Result<()> {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     let argv: Vec<String> = std::env::args().skip(1).collect();
-    let Some((mode, rest)) = argv.split_first() else { bail!("usage: meshbench echo|latency|connect|hold --to IP:PORT --from IP ...") };
+    let Some((mode, rest)) = argv.split_first() else {
+        bail!("usage: meshbench echo|latency|connect|hold --to IP:PORT --from IP ...")
+    };
     let a = Args::parse(rest)?;
     match mode.as_str() {
         "echo" => echo(a.get("listen", None)?).await,

@@ -1,6 +1,12 @@
 // Compiles our .proto files with protox (pure Rust), so no system protoc is needed.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/workload.proto", "proto/authorization.proto", "proto/xds.proto", "proto/ca.proto", "proto/status.proto"];
+    let files = [
+        "proto/workload.proto",
+        "proto/authorization.proto",
+        "proto/xds.proto",
+        "proto/ca.proto",
+        "proto/status.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -25,13 +25,20 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
 
 fn json(body: String) -> Response<Body> {
     let mut r = text(StatusCode::OK, body);
-    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     r
 }
 
 /// Serves `handler` on `listener` until `shutdown`.
-pub async fn serve<F>(listener: TcpListener, name: &'static str, shutdown: CancellationToken, handler: F)
-where
+pub async fn serve<F>(
+    listener: TcpListener,
+    name: &'static str,
+    shutdown: CancellationToken,
+    handler: F,
+) where
     F: Fn(Request<Incoming>) -> Response<Body> + Clone + Send + Sync + 'static,
 {
     info!(server = name, addr = ?listener.local_addr().ok(), "listening");
@@ -49,14 +56,18 @@ where
                 let handler = handler.clone();
                 async move { Ok::<_, Infallible>(handler(req)) }
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
         });
     }
 }
 
 /// Binds a listener, naming the address in the error.
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
 }
 
 /// Everything the admin endpoints read.
@@ -66,24 +77,34 @@ pub struct AdminState {
 }
 
 /// Admin routes (localhost only).
-pub fn admin(state: Arc<AdminState>) -> impl Fn(Request<Incoming>) -> Response<Body> + Clone + Send + Sync + 'static {
+pub fn admin(
+    state: Arc<AdminState>,
+) -> impl Fn(Request<Incoming>) -> Response<Body> + Clone + Send + Sync + 'static {
     move |req| match (req.method(), req.uri().path()) {
         (&Method::GET, "/config_dump") => json(state.app.config_dump()),
         (&Method::POST, "/quitquitquit") => {
             state.app.shutdown.cancel();
             text(StatusCode::OK, "shutting down\n")
         }
-        (&Method::GET, "/") => text(StatusCode::OK, "ztunnel admin: /config_dump, POST /quitquitquit\n"),
+        (&Method::GET, "/") => text(
+            StatusCode::OK,
+            "ztunnel admin: /config_dump, POST /quitquitquit\n",
+        ),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
 
 /// Metrics routes.
-pub fn stats(state: Arc<AdminState>) -> impl Fn(Request<Incoming>) -> Response<Body> + Clone + Send + Sync + 'static {
+pub fn stats(
+    state: Arc<AdminState>,
+) -> impl Fn(Request<Incoming>) -> Response<Body> + Clone + Send + Sync + 'static {
     move |req| match req.uri().path() {
         "/metrics" | "/stats/prometheus" => {
             let mut r = text(StatusCode::OK, state.metrics.render());
-            r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; version=0.0.4"));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
             r
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
@@ -91,14 +112,19 @@ pub fn stats(state: Arc<AdminState>) -> impl Fn(Request<Incoming>) -> Response<B
 }
 
 /// Readiness route: 200 `ready` once nothing is pending, else 503 naming what is.
-pub fn readiness(state: Arc<AdminState>) -> impl Fn(Request<Incoming>) -> Response<Body> + Clone + Send + Sync + 'static {
+pub fn readiness(
+    state: Arc<AdminState>,
+) -> impl Fn(Request<Incoming>) -> Response<Body> + Clone + Send + Sync + 'static {
     move |req| match req.uri().path() {
         "/healthz/ready" => {
             let pending = state.app.pending();
             if pending.is_empty() {
                 text(StatusCode::OK, "ready\n")
             } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", pending.join(", ")))
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: {}\n", pending.join(", ")),
+                )
             }
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),

@@ -75,29 +75,62 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         shutdown: shutdown.clone(),
         listeners_version: listeners_version.clone(),
     });
-    let admin_state = Arc::new(AdminState { app: shared.clone(), metrics: prom });
+    let admin_state = Arc::new(AdminState {
+        app: shared.clone(),
+        metrics: prom,
+    });
 
     // Bind every fixed listener first so a port conflict fails start-up, not a later request.
     if let Some(a) = cfg.admin_addr {
-        tokio::spawn(admin::serve(admin::bind(a).await?, "admin", shutdown.clone(), admin::admin(admin_state.clone())));
+        tokio::spawn(admin::serve(
+            admin::bind(a).await?,
+            "admin",
+            shutdown.clone(),
+            admin::admin(admin_state.clone()),
+        ));
     }
     if let Some(a) = cfg.stats_addr {
-        tokio::spawn(admin::serve(admin::bind(a).await?, "stats", shutdown.clone(), admin::stats(admin_state.clone())));
+        tokio::spawn(admin::serve(
+            admin::bind(a).await?,
+            "stats",
+            shutdown.clone(),
+            admin::stats(admin_state.clone()),
+        ));
     }
     if let Some(a) = cfg.readiness_addr {
-        tokio::spawn(admin::serve(admin::bind(a).await?, "readiness", shutdown.clone(), admin::readiness(admin_state.clone())));
+        tokio::spawn(admin::serve(
+            admin::bind(a).await?,
+            "readiness",
+            shutdown.clone(),
+            admin::readiness(admin_state.clone()),
+        ));
     }
     if let Some(a) = cfg.socks5_addr {
         let l = admin::bind(a).await?;
-        tokio::spawn(proxy::accept_loop(proxy.clone(), l, "socks5", proxy::socks5::serve));
+        tokio::spawn(proxy::accept_loop(
+            proxy.clone(),
+            l,
+            "socks5",
+            proxy::socks5::serve,
+        ));
     }
     if let Some(a) = cfg.outbound_addr {
         let l = admin::bind(a).await?;
-        tokio::spawn(proxy::accept_loop(proxy.clone(), l, "outbound", proxy::outbound::serve_captured));
+        tokio::spawn(proxy::accept_loop(
+            proxy.clone(),
+            l,
+            "outbound",
+            proxy::outbound::serve_captured,
+        ));
     }
     if let Some(a) = cfg.inbound_plaintext_addr {
         let l = admin::bind(a).await?;
-        tokio::spawn(proxy::accept_loop(proxy.clone(), l, "inbound_plaintext", proxy::inbound_plaintext::serve));
+        tokio::spawn(proxy::accept_loop(
+            proxy.clone(),
+            l,
+            "inbound_plaintext",
+            proxy::inbound_plaintext::serve,
+        ));
     }
 
     let xds = XdsClient::new(cfg.clone(), state.clone(), readiness.clone());
@@ -105,7 +138,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         anyhow::bail!("XDS_ADDRESS is empty: ztunnel has no other source of workloads");
     }
     tokio::spawn(xds.run());
-    tokio::spawn(proxy::inbound::manage_listeners(proxy.clone(), listeners_version));
+    tokio::spawn(proxy::inbound::manage_listeners(
+        proxy.clone(),
+        listeners_version,
+    ));
 
     tokio::select! {
         _ = shutdown.cancelled() => {},
@@ -113,8 +149,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     info!(deadline = ?cfg.drain_duration, open = proxy.connections.len(), "draining");
     proxy.connections.close();
-    if tokio::time::timeout(cfg.drain_duration, proxy.connections.wait()).await.is_err() {
-        info!(open = proxy.connections.len(), "drain deadline reached; closing remaining connections");
+    if tokio::time::timeout(cfg.drain_duration, proxy.connections.wait())
+        .await
+        .is_err()
+    {
+        info!(
+            open = proxy.connections.len(),
+            "drain deadline reached; closing remaining connections"
+        );
     }
     info!("ztunnel stopped");
     Ok(())

@@ -11,13 +11,24 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 #[derive(thiserror::Error, Debug)]
 pub enum ChannelError {
     #[error("invalid control plane address {addr:?}: {source}")]
-    Address { addr: String, source: tonic::transport::Error },
+    Address {
+        addr: String,
+        source: tonic::transport::Error,
+    },
     #[error("reading root certificate {path}: {source}")]
-    RootCa { path: PathBuf, source: std::io::Error },
-    #[error("{addr} uses https but no root certificate is configured (set XDS_ROOT_CA / CA_ROOT_CA)")]
+    RootCa {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{addr} uses https but no root certificate is configured (set XDS_ROOT_CA / CA_ROOT_CA)"
+    )]
     NoRootCa { addr: String },
     #[error("reading token file {path}: {source}")]
-    Token { path: PathBuf, source: std::io::Error },
+    Token {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("token from {path} is not a valid header value")]
     BadToken { path: PathBuf },
 }
@@ -35,11 +46,20 @@ impl CallCredentials {
         let token = match token_path {
             None => None,
             Some(p) => {
-                let t = std::fs::read_to_string(p).map_err(|source| ChannelError::Token { path: p.clone(), source })?;
-                Some(format!("Bearer {}", t.trim()).parse().map_err(|_| ChannelError::BadToken { path: p.clone() })?)
+                let t = std::fs::read_to_string(p).map_err(|source| ChannelError::Token {
+                    path: p.clone(),
+                    source,
+                })?;
+                Some(
+                    format!("Bearer {}", t.trim())
+                        .parse()
+                        .map_err(|_| ChannelError::BadToken { path: p.clone() })?,
+                )
             }
         };
-        let cluster = cluster_id.parse().unwrap_or_else(|_| MetadataValue::from_static("Kubernetes"));
+        let cluster = cluster_id
+            .parse()
+            .unwrap_or_else(|_| MetadataValue::from_static("Kubernetes"));
         Ok(CallCredentials { token, cluster })
     }
 }
@@ -58,17 +78,26 @@ impl Interceptor for CallCredentials {
 /// against `root_ca`).
 pub fn channel(addr: &str, root_ca: Option<&PathBuf>) -> Result<Channel, ChannelError> {
     let mut ep = Endpoint::from_shared(addr.to_string())
-        .map_err(|source| ChannelError::Address { addr: addr.into(), source })?
+        .map_err(|source| ChannelError::Address {
+            addr: addr.into(),
+            source,
+        })?
         .connect_timeout(std::time::Duration::from_secs(5))
         .http2_keep_alive_interval(std::time::Duration::from_secs(30))
         .keep_alive_timeout(std::time::Duration::from_secs(10))
         .tcp_nodelay(true);
     if addr.starts_with("https://") {
         let path = root_ca.ok_or_else(|| ChannelError::NoRootCa { addr: addr.into() })?;
-        let pem = std::fs::read(path).map_err(|source| ChannelError::RootCa { path: path.clone(), source })?;
+        let pem = std::fs::read(path).map_err(|source| ChannelError::RootCa {
+            path: path.clone(),
+            source,
+        })?;
         ep = ep
             .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
-            .map_err(|source| ChannelError::Address { addr: addr.into(), source })?;
+            .map_err(|source| ChannelError::Address {
+                addr: addr.into(),
+                source,
+            })?;
     }
     Ok(ep.connect_lazy())
 }

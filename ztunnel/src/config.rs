@@ -40,7 +40,11 @@ pub mod env {
 #[derive(thiserror::Error, Debug)]
 pub enum ConfigError {
     #[error("{var}={value:?} is not valid: {reason}")]
-    Invalid { var: &'static str, value: String, reason: String },
+    Invalid {
+        var: &'static str,
+        value: String,
+        reason: String,
+    },
     #[error("{0} must be set")]
     Missing(&'static str),
 }
@@ -107,7 +111,10 @@ pub struct HboneSettings {
 }
 
 mod secs {
-    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         s.serialize_str(&format!("{}s", d.as_secs_f64()))
     }
 }
@@ -121,61 +128,108 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         (i, 'h') => (&s[..i], 3600),
         _ => (s, 1),
     };
-    num.parse::<u64>().ok().map(|n| Duration::from_secs(n * mult))
+    num.parse::<u64>()
+        .ok()
+        .map(|n| Duration::from_secs(n * mult))
 }
 
-fn addr(src: &dyn Source, var: &'static str, default: &str) -> Result<Option<SocketAddr>, ConfigError> {
+fn addr(
+    src: &dyn Source,
+    var: &'static str,
+    default: &str,
+) -> Result<Option<SocketAddr>, ConfigError> {
     let v = src.get(var).unwrap_or_else(|| default.to_string());
     if v.is_empty() {
         return Ok(None);
     }
-    v.parse().map(Some).map_err(|e: std::net::AddrParseError| ConfigError::Invalid { var, value: v, reason: e.to_string() })
+    v.parse()
+        .map(Some)
+        .map_err(|e: std::net::AddrParseError| ConfigError::Invalid {
+            var,
+            value: v,
+            reason: e.to_string(),
+        })
 }
 
-fn num<T: std::str::FromStr>(src: &dyn Source, var: &'static str, default: T) -> Result<T, ConfigError>
+fn num<T: std::str::FromStr>(
+    src: &dyn Source,
+    var: &'static str,
+    default: T,
+) -> Result<T, ConfigError>
 where
     T::Err: std::fmt::Display,
 {
     match src.get(var) {
         None => Ok(default),
-        Some(v) => v.parse().map_err(|e: T::Err| ConfigError::Invalid { var, value: v, reason: e.to_string() }),
+        Some(v) => v.parse().map_err(|e: T::Err| ConfigError::Invalid {
+            var,
+            value: v,
+            reason: e.to_string(),
+        }),
     }
 }
 
-fn duration(src: &dyn Source, var: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+fn duration(
+    src: &dyn Source,
+    var: &'static str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
     match src.get(var) {
         None => Ok(default),
-        Some(v) => parse_duration(&v).ok_or(ConfigError::Invalid { var, value: v, reason: "expected e.g. 30s, 5m or 24h".into() }),
+        Some(v) => parse_duration(&v).ok_or(ConfigError::Invalid {
+            var,
+            value: v,
+            reason: "expected e.g. 30s, 5m or 24h".into(),
+        }),
     }
 }
 
 impl Config {
     /// Builds the configuration from `src`, applying Istio's defaults.
     pub fn from_source(src: &dyn Source) -> Result<Config, ConfigError> {
-        let xds_address = src.get(env::XDS_ADDRESS).unwrap_or_else(|| "https://127.0.0.1:15012".into());
-        if !(xds_address.is_empty() || xds_address.starts_with("http://") || xds_address.starts_with("https://")) {
+        let xds_address = src
+            .get(env::XDS_ADDRESS)
+            .unwrap_or_else(|| "https://127.0.0.1:15012".into());
+        if !(xds_address.is_empty()
+            || xds_address.starts_with("http://")
+            || xds_address.starts_with("https://"))
+        {
             return Err(ConfigError::Invalid {
                 var: env::XDS_ADDRESS,
                 value: xds_address,
                 reason: "expected http://host:port or https://host:port".into(),
             });
         }
-        let ca_address = src.get(env::CA_ADDRESS).unwrap_or_else(|| xds_address.clone());
+        let ca_address = src
+            .get(env::CA_ADDRESS)
+            .unwrap_or_else(|| xds_address.clone());
         let xds_root_ca = src.get(env::XDS_ROOT_CA).map(PathBuf::from);
-        let ca_root_ca = src.get(env::CA_ROOT_CA).map(PathBuf::from).or_else(|| xds_root_ca.clone());
-        let node_name = src.get(env::NODE_NAME).ok_or(ConfigError::Missing(env::NODE_NAME))?;
+        let ca_root_ca = src
+            .get(env::CA_ROOT_CA)
+            .map(PathBuf::from)
+            .or_else(|| xds_root_ca.clone());
+        let node_name = src
+            .get(env::NODE_NAME)
+            .ok_or(ConfigError::Missing(env::NODE_NAME))?;
         let packet_mark = match src.get(env::PACKET_MARK) {
             None => None,
             Some(v) if v.is_empty() => None,
-            Some(v) => Some(v.parse().map_err(|e: std::num::ParseIntError| ConfigError::Invalid {
-                var: env::PACKET_MARK,
-                value: v,
-                reason: e.to_string(),
-            })?),
+            Some(v) => {
+                Some(
+                    v.parse()
+                        .map_err(|e: std::num::ParseIntError| ConfigError::Invalid {
+                            var: env::PACKET_MARK,
+                            value: v,
+                            reason: e.to_string(),
+                        })?,
+                )
+            }
         };
         let worker_threads = num(src, env::WORKER_THREADS, 0usize)?;
         let worker_threads = if worker_threads == 0 {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
         } else {
             worker_threads
         };
@@ -184,10 +238,17 @@ impl Config {
             ca_address,
             xds_root_ca,
             ca_root_ca,
-            auth_token: src.get(env::AUTH_TOKEN).filter(|s| !s.is_empty()).map(PathBuf::from),
+            auth_token: src
+                .get(env::AUTH_TOKEN)
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from),
             node_name,
-            trust_domain: src.get(env::TRUST_DOMAIN).unwrap_or_else(|| "cluster.local".into()),
-            cluster_id: src.get(env::CLUSTER_ID).unwrap_or_else(|| "Kubernetes".into()),
+            trust_domain: src
+                .get(env::TRUST_DOMAIN)
+                .unwrap_or_else(|| "cluster.local".into()),
+            cluster_id: src
+                .get(env::CLUSTER_ID)
+                .unwrap_or_else(|| "Kubernetes".into()),
             secret_ttl: duration(src, env::SECRET_TTL, Duration::from_secs(24 * 3600))?,
             admin_addr: addr(src, env::ADMIN_ADDR, "127.0.0.1:15000")?,
             stats_addr: addr(src, env::STATS_ADDR, "[::]:15020")?,
@@ -201,10 +262,18 @@ impl Config {
             worker_threads,
             hbone: HboneSettings {
                 window_size: num(src, env::HTTP2_STREAM_WINDOW_SIZE, 4 * 1024 * 1024)?,
-                connection_window_size: num(src, env::HTTP2_CONNECTION_WINDOW_SIZE, 16 * 1024 * 1024)?,
+                connection_window_size: num(
+                    src,
+                    env::HTTP2_CONNECTION_WINDOW_SIZE,
+                    16 * 1024 * 1024,
+                )?,
                 frame_size: num(src, env::HTTP2_FRAME_SIZE, 1024 * 1024)?,
                 pool_max_streams_per_conn: num(src, env::POOL_MAX_STREAMS_PER_CONNECTION, 100)?,
-                pool_unused_release_timeout: duration(src, env::POOL_UNUSED_RELEASE_TIMEOUT, Duration::from_secs(300))?,
+                pool_unused_release_timeout: duration(
+                    src,
+                    env::POOL_UNUSED_RELEASE_TIMEOUT,
+                    Duration::from_secs(300),
+                )?,
             },
         })
     }
@@ -215,7 +284,9 @@ mod tests {
     use super::*;
 
     fn map(kv: &[(&str, &str)]) -> HashMap<String, String> {
-        kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -223,7 +294,10 @@ mod tests {
         let c = Config::from_source(&map(&[("NODE_NAME", "n1")])).expect("config");
         assert_eq!(c.xds_address, "https://127.0.0.1:15012");
         assert_eq!(c.ca_address, c.xds_address);
-        assert_eq!(c.socks5_addr, Some("127.0.0.1:15080".parse().expect("addr")));
+        assert_eq!(
+            c.socks5_addr,
+            Some("127.0.0.1:15080".parse().expect("addr"))
+        );
         assert_eq!(c.hbone_port, 15008);
         assert_eq!(c.secret_ttl, Duration::from_secs(86400));
         assert_eq!(c.hbone.pool_max_streams_per_conn, 100);
@@ -232,9 +306,11 @@ mod tests {
 
     #[test]
     fn empty_address_disables_listener_and_errors_name_the_variable() {
-        let c = Config::from_source(&map(&[("NODE_NAME", "n1"), ("SOCKS5_ADDR", "")])).expect("config");
+        let c =
+            Config::from_source(&map(&[("NODE_NAME", "n1"), ("SOCKS5_ADDR", "")])).expect("config");
         assert_eq!(c.socks5_addr, None);
-        let e = Config::from_source(&map(&[("NODE_NAME", "n1"), ("STATS_ADDR", "nope")])).expect_err("invalid");
+        let e = Config::from_source(&map(&[("NODE_NAME", "n1"), ("STATS_ADDR", "nope")]))
+            .expect_err("invalid");
         assert!(e.to_string().contains("STATS_ADDR"), "{e}");
         let e = Config::from_source(&map(&[])).expect_err("missing node");
         assert!(e.to_string().contains("NODE_NAME"), "{e}");

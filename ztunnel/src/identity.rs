@@ -37,12 +37,19 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// The seam to the CA (tests replace it).
 pub trait CaClient: Send + Sync + 'static {
     /// Sends `csr_pem` for `identity`, returns the PEM chain (leaf first, roots last).
-    fn sign(&self, csr_pem: String, identity: Identity, ttl: Duration) -> BoxFuture<Result<Vec<String>, CertError>>;
+    fn sign(
+        &self,
+        csr_pem: String,
+        identity: Identity,
+        ttl: Duration,
+    ) -> BoxFuture<Result<Vec<String>, CertError>>;
 }
 
 /// `istio.v1.auth.IstioCertificateService` over gRPC, impersonating the workload identity.
 pub struct GrpcCaClient {
-    client: IstioCertificateServiceClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, CallCredentials>>,
+    client: IstioCertificateServiceClient<
+        tonic::service::interceptor::InterceptedService<tonic::transport::Channel, CallCredentials>,
+    >,
 }
 
 impl GrpcCaClient {
@@ -50,25 +57,41 @@ impl GrpcCaClient {
     pub fn new(cfg: &Config) -> Result<Self, crate::auth::ChannelError> {
         let ch = crate::auth::channel(&cfg.ca_address, cfg.ca_root_ca.as_ref())?;
         let creds = CallCredentials::load(cfg.auth_token.as_ref(), &cfg.cluster_id)?;
-        Ok(GrpcCaClient { client: IstioCertificateServiceClient::with_interceptor(ch, creds) })
+        Ok(GrpcCaClient {
+            client: IstioCertificateServiceClient::with_interceptor(ch, creds),
+        })
     }
 }
 
 impl CaClient for GrpcCaClient {
-    fn sign(&self, csr_pem: String, identity: Identity, ttl: Duration) -> BoxFuture<Result<Vec<String>, CertError>> {
+    fn sign(
+        &self,
+        csr_pem: String,
+        identity: Identity,
+        ttl: Duration,
+    ) -> BoxFuture<Result<Vec<String>, CertError>> {
         let mut client = self.client.clone();
         Box::pin(async move {
-            let value = prost_types::Value { kind: Some(prost_types::value::Kind::StringValue(identity.to_string())) };
+            let value = prost_types::Value {
+                kind: Some(prost_types::value::Kind::StringValue(identity.to_string())),
+            };
             let req = IstioCertificateRequest {
                 csr: csr_pem,
                 validity_duration: ttl.as_secs() as i64,
-                metadata: Some(prost_types::Struct { fields: [("ImpersonatedIdentity".to_string(), value)].into_iter().collect() }),
+                metadata: Some(prost_types::Struct {
+                    fields: [("ImpersonatedIdentity".to_string(), value)]
+                        .into_iter()
+                        .collect(),
+                }),
             };
             client
                 .create_certificate(req)
                 .await
                 .map(|r| r.into_inner().cert_chain)
-                .map_err(|s| CertError::Ca { identity: identity.to_string(), message: format!("{:?}: {}", s.code(), s.message()) })
+                .map_err(|s| CertError::Ca {
+                    identity: identity.to_string(),
+                    message: format!("{:?}: {}", s.code(), s.message()),
+                })
         })
     }
 }
@@ -82,19 +105,32 @@ pub struct Certs {
 
 impl Certs {
     fn new(cert: WorkloadCert) -> Result<Self, CertError> {
-        let server = mesh_identity::tls::server_config(&cert)
-            .map_err(|e| CertError::Invalid { identity: cert.identity().to_string(), message: e.to_string() })?;
-        Ok(Certs { cert, server, clients: Mutex::new(HashMap::new()) })
+        let server = mesh_identity::tls::server_config(&cert).map_err(|e| CertError::Invalid {
+            identity: cert.identity().to_string(),
+            message: e.to_string(),
+        })?;
+        Ok(Certs {
+            cert,
+            server,
+            clients: Mutex::new(HashMap::new()),
+        })
     }
 
     /// A client config presenting this certificate and accepting only `expected` peers (cached).
-    pub fn client_config(&self, expected: &[Identity]) -> Result<Arc<rustls::ClientConfig>, CertError> {
+    pub fn client_config(
+        &self,
+        expected: &[Identity],
+    ) -> Result<Arc<rustls::ClientConfig>, CertError> {
         let mut cache = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = cache.get(expected) {
             return Ok(c.clone());
         }
-        let c = mesh_identity::tls::client_config(&self.cert, expected)
-            .map_err(|e| CertError::Invalid { identity: self.cert.identity().to_string(), message: e.to_string() })?;
+        let c = mesh_identity::tls::client_config(&self.cert, expected).map_err(|e| {
+            CertError::Invalid {
+                identity: self.cert.identity().to_string(),
+                message: e.to_string(),
+            }
+        })?;
         if cache.len() > 1024 {
             cache.clear();
         }
@@ -139,13 +175,20 @@ pub struct CertInfo {
 }
 
 fn rfc3339(t: SystemTime) -> String {
-    time::OffsetDateTime::from(t).format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 impl CertManager {
     /// `ttl` is the validity requested from the CA (`SECRET_TTL`).
     pub fn new(ca: Arc<dyn CaClient>, ttl: Duration) -> Self {
-        CertManager { ca, ttl, entries: Mutex::new(HashMap::new()), limit: Arc::new(Semaphore::new(8)) }
+        CertManager {
+            ca,
+            ttl,
+            entries: Mutex::new(HashMap::new()),
+            limit: Arc::new(Semaphore::new(8)),
+        }
     }
 
     /// Makes the set of tracked identities equal `wanted`: starts fetching new ones, forgets gone ones.
@@ -163,7 +206,14 @@ impl CertManager {
             if !entries.contains_key(id) {
                 let (tx, rx) = watch::channel(None);
                 let task = tokio::spawn(
-                    refresh_loop(self.ca.clone(), self.limit.clone(), id.clone(), self.ttl, tx).instrument(tracing::info_span!("cert", identity = %id)),
+                    refresh_loop(
+                        self.ca.clone(),
+                        self.limit.clone(),
+                        id.clone(),
+                        self.ttl,
+                        tx,
+                    )
+                    .instrument(tracing::info_span!("cert", identity = %id)),
                 );
                 entries.insert(id.clone(), Entry { slot: rx, task });
             }
@@ -174,7 +224,10 @@ impl CertManager {
     pub async fn fetch(&self, id: &Identity) -> Result<Arc<Certs>, CertError> {
         let mut slot = {
             let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-            entries.get(id).map(|e| e.slot.clone()).ok_or_else(|| CertError::NotLocal(id.to_string()))?
+            entries
+                .get(id)
+                .map(|e| e.slot.clone())
+                .ok_or_else(|| CertError::NotLocal(id.to_string()))?
         };
         let _ = tokio::time::timeout(Duration::from_secs(10), slot.wait_for(|v| v.is_some())).await;
         let current = slot.borrow().clone();
@@ -187,7 +240,11 @@ impl CertManager {
 
     /// True when every tracked identity has a certificate.
     pub fn all_ready(&self) -> bool {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner()).values().all(|e| matches!(&*e.slot.borrow(), Some(Ok(_))))
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .all(|e| matches!(&*e.slot.borrow(), Some(Ok(_))))
     }
 
     /// State of every tracked certificate, for `/config_dump`.
@@ -208,15 +265,37 @@ impl CertManager {
                         .enumerate()
                         .map(|(i, pem)| CertInfo {
                             pem: b64(pem),
-                            serial_number: if i == 0 { c.cert.serial_hex() } else { String::new() },
-                            valid_from: if i == 0 { rfc3339(c.cert.not_before()) } else { String::new() },
-                            expiration_time: if i == 0 { rfc3339(c.cert.not_after()) } else { String::new() },
+                            serial_number: if i == 0 {
+                                c.cert.serial_hex()
+                            } else {
+                                String::new()
+                            },
+                            valid_from: if i == 0 {
+                                rfc3339(c.cert.not_before())
+                            } else {
+                                String::new()
+                            },
+                            expiration_time: if i == 0 {
+                                rfc3339(c.cert.not_after())
+                            } else {
+                                String::new()
+                            },
                         })
                         .collect(),
                     root_certs: c.cert.roots_pem().iter().map(|p| b64(p)).collect(),
                 },
-                Some(Err(err)) => CertDump { identity: id.to_string(), state: format!("Unavailable: {err}"), cert_chain: vec![], root_certs: vec![] },
-                None => CertDump { identity: id.to_string(), state: "Initializing".into(), cert_chain: vec![], root_certs: vec![] },
+                Some(Err(err)) => CertDump {
+                    identity: id.to_string(),
+                    state: format!("Unavailable: {err}"),
+                    cert_chain: vec![],
+                    root_certs: vec![],
+                },
+                None => CertDump {
+                    identity: id.to_string(),
+                    state: "Initializing".into(),
+                    cert_chain: vec![],
+                    root_certs: vec![],
+                },
             })
             .collect();
         out.sort_by(|a, b| a.identity.cmp(&b.identity));
@@ -224,18 +303,37 @@ impl CertManager {
     }
 }
 
-async fn fetch_once(ca: &dyn CaClient, id: &Identity, ttl: Duration) -> Result<Arc<Certs>, CertError> {
-    let req = mesh_identity::csr::generate(id).map_err(|e| CertError::Invalid { identity: id.to_string(), message: e.to_string() })?;
+async fn fetch_once(
+    ca: &dyn CaClient,
+    id: &Identity,
+    ttl: Duration,
+) -> Result<Arc<Certs>, CertError> {
+    let req = mesh_identity::csr::generate(id).map_err(|e| CertError::Invalid {
+        identity: id.to_string(),
+        message: e.to_string(),
+    })?;
     let chain = ca.sign(req.csr_pem.clone(), id.clone(), ttl).await?;
-    let cert = WorkloadCert::from_pem(&req.key_pem, &chain).map_err(|e| CertError::Invalid { identity: id.to_string(), message: e.to_string() })?;
+    let cert = WorkloadCert::from_pem(&req.key_pem, &chain).map_err(|e| CertError::Invalid {
+        identity: id.to_string(),
+        message: e.to_string(),
+    })?;
     // Never trust the CA to have signed what we asked: the leaf must carry the requested identity.
     if cert.identity() != id {
-        return Err(CertError::Invalid { identity: id.to_string(), message: format!("CA returned a certificate for {}", cert.identity()) });
+        return Err(CertError::Invalid {
+            identity: id.to_string(),
+            message: format!("CA returned a certificate for {}", cert.identity()),
+        });
     }
     Ok(Arc::new(Certs::new(cert)?))
 }
 
-async fn refresh_loop(ca: Arc<dyn CaClient>, limit: Arc<Semaphore>, id: Identity, ttl: Duration, tx: watch::Sender<Option<Result<Arc<Certs>, CertError>>>) {
+async fn refresh_loop(
+    ca: Arc<dyn CaClient>,
+    limit: Arc<Semaphore>,
+    id: Identity,
+    ttl: Duration,
+    tx: watch::Sender<Option<Result<Arc<Certs>, CertError>>>,
+) {
     let mut backoff = Duration::from_millis(200);
     loop {
         let result = {
@@ -249,14 +347,17 @@ async fn refresh_loop(ca: Arc<dyn CaClient>, limit: Arc<Semaphore>, id: Identity
                 metrics::counter!("ztunnel_certificates_issued_total").increment(1);
                 tx.send_replace(Some(Ok(c)));
                 backoff = Duration::from_millis(200);
-                let wait = refresh_at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
+                let wait = refresh_at
+                    .duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO);
                 tokio::time::sleep(wait).await;
             }
             Err(e) => {
                 warn!(error = %e, retry_in = ?backoff, "certificate request failed");
                 metrics::counter!("ztunnel_certificate_errors_total").increment(1);
                 // Keep serving a still-valid certificate while retrying.
-                let still_valid = matches!(&*tx.borrow(), Some(Ok(c)) if c.cert.not_after() > SystemTime::now());
+                let still_valid =
+                    matches!(&*tx.borrow(), Some(Ok(c)) if c.cert.not_after() > SystemTime::now());
                 if !still_valid {
                     tx.send_replace(Some(Err(e)));
                 }
@@ -280,12 +381,20 @@ mod tests {
     }
 
     impl CaClient for Arc<LocalCa> {
-        fn sign(&self, csr_pem: String, identity: Identity, ttl: Duration) -> BoxFuture<Result<Vec<String>, CertError>> {
+        fn sign(
+            &self,
+            csr_pem: String,
+            identity: Identity,
+            ttl: Duration,
+        ) -> BoxFuture<Result<Vec<String>, CertError>> {
             let me = self.clone();
             Box::pin(async move {
                 me.calls.fetch_add(1, Ordering::SeqCst);
                 if let Some(other) = &me.lie_as {
-                    let c = me.ca.issue(other, ttl).map_err(|e| CertError::Ca { identity: identity.to_string(), message: e.to_string() })?;
+                    let c = me.ca.issue(other, ttl).map_err(|e| CertError::Ca {
+                        identity: identity.to_string(),
+                        message: e.to_string(),
+                    })?;
                     let mut chain = c.chain_pem();
                     chain.extend(c.roots_pem());
                     return Ok(chain);
@@ -293,7 +402,10 @@ mod tests {
                 me.ca
                     .sign_csr(&csr_pem, ttl, Duration::from_secs(86400))
                     .map(|s| s.cert_chain)
-                    .map_err(|e| CertError::Ca { identity: identity.to_string(), message: e.to_string() })
+                    .map_err(|e| CertError::Ca {
+                        identity: identity.to_string(),
+                        message: e.to_string(),
+                    })
             })
         }
     }
@@ -304,7 +416,11 @@ mod tests {
 
     #[tokio::test]
     async fn fetches_tracks_and_forgets() {
-        let ca = Arc::new(LocalCa { ca: CertificateAuthority::self_signed("cluster.local").expect("ca"), calls: AtomicUsize::new(0), lie_as: None });
+        let ca = Arc::new(LocalCa {
+            ca: CertificateAuthority::self_signed("cluster.local").expect("ca"),
+            calls: AtomicUsize::new(0),
+            lie_as: None,
+        });
         let m = CertManager::new(Arc::new(ca.clone()), Duration::from_secs(3600));
         m.track(&[id("a"), id("b")].into_iter().collect());
         let c = m.fetch(&id("a")).await.expect("cert");
@@ -313,13 +429,20 @@ mod tests {
         assert!(m.all_ready());
         assert_eq!(m.dump().len(), 2);
         m.track(&[id("b")].into_iter().collect());
-        assert!(matches!(m.fetch(&id("a")).await, Err(CertError::NotLocal(_))));
+        assert!(matches!(
+            m.fetch(&id("a")).await,
+            Err(CertError::NotLocal(_))
+        ));
         assert_eq!(ca.calls.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
     async fn a_certificate_for_another_identity_is_refused() {
-        let ca = Arc::new(LocalCa { ca: CertificateAuthority::self_signed("cluster.local").expect("ca"), calls: AtomicUsize::new(0), lie_as: Some(id("evil")) });
+        let ca = Arc::new(LocalCa {
+            ca: CertificateAuthority::self_signed("cluster.local").expect("ca"),
+            calls: AtomicUsize::new(0),
+            lie_as: Some(id("evil")),
+        });
         let m = CertManager::new(Arc::new(ca), Duration::from_secs(3600));
         m.track(&[id("a")].into_iter().collect());
         // Either check (key mismatch or identity mismatch) must refuse the certificate.

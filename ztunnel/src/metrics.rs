@@ -63,29 +63,89 @@ impl ConnectionInfo {
         };
         let l = |k: &'static str, v: String| Label::new(k, v);
         vec![
-            l("reporter", self.reporter.map(Reporter::as_str).unwrap_or("source").into()),
-            l("source_workload", or_unknown(sw.map(|w| w.workload_name.as_str()))),
-            l("source_canonical_service", or_unknown(sw.map(|w| w.canonical_name.as_str()))),
-            l("source_canonical_revision", or_unknown(sw.map(|w| w.canonical_revision.as_str()))),
-            l("source_workload_namespace", or_unknown(sw.map(|w| w.namespace.as_str()))),
+            l(
+                "reporter",
+                self.reporter
+                    .map(Reporter::as_str)
+                    .unwrap_or("source")
+                    .into(),
+            ),
+            l(
+                "source_workload",
+                or_unknown(sw.map(|w| w.workload_name.as_str())),
+            ),
+            l(
+                "source_canonical_service",
+                or_unknown(sw.map(|w| w.canonical_name.as_str())),
+            ),
+            l(
+                "source_canonical_revision",
+                or_unknown(sw.map(|w| w.canonical_revision.as_str())),
+            ),
+            l(
+                "source_workload_namespace",
+                or_unknown(sw.map(|w| w.namespace.as_str())),
+            ),
             l("source_principal", principal(&self.src_identity)),
-            l("source_app", or_unknown(sw.map(|w| w.canonical_name.as_str()))),
-            l("source_version", or_unknown(sw.map(|w| w.canonical_revision.as_str()))),
-            l("source_cluster", or_unknown(sw.map(|w| w.cluster_id.as_str()))),
-            l("destination_service", or_unknown(ds.map(|s| s.hostname.as_str()))),
-            l("destination_service_namespace", or_unknown(ds.map(|s| s.namespace.as_str()))),
-            l("destination_service_name", or_unknown(ds.map(|s| s.name.as_str()))),
-            l("destination_workload", or_unknown(dw.map(|w| w.workload_name.as_str()))),
-            l("destination_canonical_service", or_unknown(dw.map(|w| w.canonical_name.as_str()))),
-            l("destination_canonical_revision", or_unknown(dw.map(|w| w.canonical_revision.as_str()))),
-            l("destination_workload_namespace", or_unknown(dw.map(|w| w.namespace.as_str()))),
+            l(
+                "source_app",
+                or_unknown(sw.map(|w| w.canonical_name.as_str())),
+            ),
+            l(
+                "source_version",
+                or_unknown(sw.map(|w| w.canonical_revision.as_str())),
+            ),
+            l(
+                "source_cluster",
+                or_unknown(sw.map(|w| w.cluster_id.as_str())),
+            ),
+            l(
+                "destination_service",
+                or_unknown(ds.map(|s| s.hostname.as_str())),
+            ),
+            l(
+                "destination_service_namespace",
+                or_unknown(ds.map(|s| s.namespace.as_str())),
+            ),
+            l(
+                "destination_service_name",
+                or_unknown(ds.map(|s| s.name.as_str())),
+            ),
+            l(
+                "destination_workload",
+                or_unknown(dw.map(|w| w.workload_name.as_str())),
+            ),
+            l(
+                "destination_canonical_service",
+                or_unknown(dw.map(|w| w.canonical_name.as_str())),
+            ),
+            l(
+                "destination_canonical_revision",
+                or_unknown(dw.map(|w| w.canonical_revision.as_str())),
+            ),
+            l(
+                "destination_workload_namespace",
+                or_unknown(dw.map(|w| w.namespace.as_str())),
+            ),
             l("destination_principal", principal(&self.dst_identity)),
-            l("destination_app", or_unknown(dw.map(|w| w.canonical_name.as_str()))),
-            l("destination_version", or_unknown(dw.map(|w| w.canonical_revision.as_str()))),
-            l("destination_cluster", or_unknown(dw.map(|w| w.cluster_id.as_str()))),
+            l(
+                "destination_app",
+                or_unknown(dw.map(|w| w.canonical_name.as_str())),
+            ),
+            l(
+                "destination_version",
+                or_unknown(dw.map(|w| w.canonical_revision.as_str())),
+            ),
+            l(
+                "destination_cluster",
+                or_unknown(dw.map(|w| w.cluster_id.as_str())),
+            ),
             l("request_protocol", "tcp".into()),
             l("response_flags", response_flags.into()),
-            l("connection_security_policy", if self.mtls { "mutual_tls" } else { "unknown" }.into()),
+            l(
+                "connection_security_policy",
+                if self.mtls { "mutual_tls" } else { "unknown" }.into(),
+            ),
         ]
     }
 }
@@ -102,13 +162,18 @@ impl ConnectionGuard {
     pub fn open(info: ConnectionInfo) -> Self {
         let labels = info.labels("-");
         metrics::counter!("istio_tcp_connections_opened_total", labels.clone()).increment(1);
-        ConnectionGuard { info, labels, start: Instant::now() }
+        ConnectionGuard {
+            info,
+            labels,
+            start: Instant::now(),
+        }
     }
 
     /// Records close, bytes, and writes the access-log line. `sent` = bytes sent to the client
     /// (downstream), `received` = bytes received from it.
     pub fn close(self, received: u64, sent: u64, error: Option<&str>) {
-        metrics::counter!("istio_tcp_received_bytes_total", self.labels.clone()).increment(received);
+        metrics::counter!("istio_tcp_received_bytes_total", self.labels.clone())
+            .increment(received);
         metrics::counter!("istio_tcp_sent_bytes_total", self.labels.clone()).increment(sent);
         metrics::counter!("istio_tcp_connections_closed_total", self.labels).increment(1);
         access_log(&self.info, received, sent, self.start.elapsed(), error);
@@ -122,20 +187,38 @@ pub fn failed(info: &ConnectionInfo, flag: &str, error: &str) {
     access_log(info, 0, 0, std::time::Duration::ZERO, Some(error));
 }
 
-fn access_log(info: &ConnectionInfo, received: u64, sent: u64, duration: std::time::Duration, error: Option<&str>) {
+fn access_log(
+    info: &ConnectionInfo,
+    received: u64,
+    sent: u64,
+    duration: std::time::Duration,
+    error: Option<&str>,
+) {
     let direction = match info.reporter {
         Some(Reporter::Destination) => "inbound",
         _ => "outbound",
     };
     let fmt_addr = |a: Option<SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
-    let wname = |w: &Option<std::sync::Arc<Workload>>| w.as_ref().map(|w| w.name.clone()).unwrap_or_default();
-    let wns = |w: &Option<std::sync::Arc<Workload>>| w.as_ref().map(|w| w.namespace.clone()).unwrap_or_default();
-    let (src_addr, dst_addr, hbone_addr) = (fmt_addr(info.src_addr), fmt_addr(info.dst_addr), fmt_addr(info.hbone_addr));
+    let wname = |w: &Option<std::sync::Arc<Workload>>| {
+        w.as_ref().map(|w| w.name.clone()).unwrap_or_default()
+    };
+    let wns = |w: &Option<std::sync::Arc<Workload>>| {
+        w.as_ref().map(|w| w.namespace.clone()).unwrap_or_default()
+    };
+    let (src_addr, dst_addr, hbone_addr) = (
+        fmt_addr(info.src_addr),
+        fmt_addr(info.dst_addr),
+        fmt_addr(info.hbone_addr),
+    );
     let (src_workload, src_namespace) = (wname(&info.src_workload), wns(&info.src_workload));
     let (dst_workload, dst_namespace) = (wname(&info.dst_workload), wns(&info.dst_workload));
     let src_identity = info.src_identity.as_deref().unwrap_or_default();
     let dst_identity = info.dst_identity.as_deref().unwrap_or_default();
-    let dst_service = info.dst_service.as_ref().map(|s| s.hostname.as_str()).unwrap_or_default();
+    let dst_service = info
+        .dst_service
+        .as_ref()
+        .map(|s| s.hostname.as_str())
+        .unwrap_or_default();
     let policy = if info.mtls { "mutual_tls" } else { "unknown" };
     let duration_ms = duration.as_millis() as u64;
     let error = error.unwrap_or_default();
@@ -164,9 +247,12 @@ fn access_log(info: &ConnectionInfo, received: u64, sent: u64, duration: std::ti
 }
 
 /// Installs the Prometheus recorder; returns the handle that renders `/metrics`.
-pub fn install() -> Result<metrics_exporter_prometheus::PrometheusHandle, metrics_exporter_prometheus::BuildError> {
+pub fn install(
+) -> Result<metrics_exporter_prometheus::PrometheusHandle, metrics_exporter_prometheus::BuildError>
+{
     let handle = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
-    metrics::gauge!("istio_build", "component" => "ztunnel", "tag" => env!("CARGO_PKG_VERSION")).set(1.0);
+    metrics::gauge!("istio_build", "component" => "ztunnel", "tag" => env!("CARGO_PKG_VERSION"))
+        .set(1.0);
     Ok(handle)
 }
 
@@ -176,13 +262,29 @@ mod tests {
 
     #[test]
     fn label_set_has_istio_names_and_unknown_defaults() {
-        let info = ConnectionInfo { reporter: Some(Reporter::Destination), src_identity: Some("spiffe://cluster.local/ns/a/sa/b".into()), mtls: true, ..Default::default() };
+        let info = ConnectionInfo {
+            reporter: Some(Reporter::Destination),
+            src_identity: Some("spiffe://cluster.local/ns/a/sa/b".into()),
+            mtls: true,
+            ..Default::default()
+        };
         let labels = info.labels("-");
-        let get = |k: &str| labels.iter().find(|l| l.key() == k).map(|l| l.value().to_string());
+        let get = |k: &str| {
+            labels
+                .iter()
+                .find(|l| l.key() == k)
+                .map(|l| l.value().to_string())
+        };
         assert_eq!(labels.len(), 23);
         assert_eq!(get("reporter").as_deref(), Some("destination"));
-        assert_eq!(get("source_principal").as_deref(), Some("spiffe://cluster.local/ns/a/sa/b"));
+        assert_eq!(
+            get("source_principal").as_deref(),
+            Some("spiffe://cluster.local/ns/a/sa/b")
+        );
         assert_eq!(get("destination_workload").as_deref(), Some("unknown"));
-        assert_eq!(get("connection_security_policy").as_deref(), Some("mutual_tls"));
+        assert_eq!(
+            get("connection_security_policy").as_deref(),
+            Some("mutual_tls")
+        );
     }
 }

@@ -12,7 +12,10 @@ pub struct Readiness {
 impl Readiness {
     /// Registers a task that blocks readiness until [`Readiness::done`] is called for it.
     pub fn register(&self, task: impl Into<String>) {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(task.into());
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(task.into());
     }
 
     /// Marks a task complete.
@@ -25,6 +28,11 @@ impl Readiness {
 
     /// Tasks still pending (empty = ready).
     pub fn pending(&self) -> Vec<String> {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
     }
 }

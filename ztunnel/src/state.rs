@@ -128,7 +128,10 @@ pub struct Dump {
 
 impl Default for State {
     fn default() -> Self {
-        State { inner: RwLock::new(Inner::default()), changes: watch::channel(0).0 }
+        State {
+            inner: RwLock::new(Inner::default()),
+            changes: watch::channel(0).0,
+        }
     }
 }
 
@@ -141,39 +144,93 @@ fn ip_from_bytes(b: &[u8]) -> Option<IpAddr> {
 }
 
 fn app_protocol(p: i32) -> String {
-    pb::AppProtocol::try_from(p).map(|p| p.as_str_name().to_string()).unwrap_or_else(|_| "UNKNOWN".into())
+    pb::AppProtocol::try_from(p)
+        .map(|p| p.as_str_name().to_string())
+        .unwrap_or_else(|_| "UNKNOWN".into())
 }
 
-fn port(name: &str, service_port: u32, target_port: u32, proto: i32) -> Result<PortMapping, StateError> {
-    let conv = |p: u32| u16::try_from(p).map_err(|_| StateError::Invalid { name: name.into(), reason: format!("port {p} out of range") });
-    Ok(PortMapping { service_port: conv(service_port)?, target_port: conv(target_port)?, app_protocol: app_protocol(proto) })
+fn port(
+    name: &str,
+    service_port: u32,
+    target_port: u32,
+    proto: i32,
+) -> Result<PortMapping, StateError> {
+    let conv = |p: u32| {
+        u16::try_from(p).map_err(|_| StateError::Invalid {
+            name: name.into(),
+            reason: format!("port {p} out of range"),
+        })
+    };
+    Ok(PortMapping {
+        service_port: conv(service_port)?,
+        target_port: conv(target_port)?,
+        app_protocol: app_protocol(proto),
+    })
 }
 
 /// Converts a pushed Workload, filling Istio's defaults.
 pub fn convert_workload(w: pb::Workload) -> Result<Workload, StateError> {
     let name = w.uid.clone();
     if w.uid.is_empty() {
-        return Err(StateError::Invalid { name: w.name, reason: "workload has no uid".into() });
+        return Err(StateError::Invalid {
+            name: w.name,
+            reason: "workload has no uid".into(),
+        });
     }
     let workload_ips = w
         .addresses
         .iter()
-        .map(|a| ip_from_bytes(a).ok_or_else(|| StateError::Invalid { name: name.clone(), reason: format!("address of {} bytes", a.len()) }))
+        .map(|a| {
+            ip_from_bytes(a).ok_or_else(|| StateError::Invalid {
+                name: name.clone(),
+                reason: format!("address of {} bytes", a.len()),
+            })
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let mut services = BTreeMap::new();
     for (svc, list) in w.services {
-        let ports = list.ports.iter().map(|p| port(&name, p.service_port, p.target_port, p.app_protocol)).collect::<Result<Vec<_>, _>>()?;
+        let ports = list
+            .ports
+            .iter()
+            .map(|p| port(&name, p.service_port, p.target_port, p.app_protocol))
+            .collect::<Result<Vec<_>, _>>()?;
         services.insert(svc, ports);
     }
-    let workload_type = pb::WorkloadType::try_from(w.workload_type).map(|t| t.as_str_name().to_lowercase()).unwrap_or_else(|_| "pod".into());
+    let workload_type = pb::WorkloadType::try_from(w.workload_type)
+        .map(|t| t.as_str_name().to_lowercase())
+        .unwrap_or_else(|_| "pod".into());
     Ok(Workload {
-        protocol: if w.tunnel_protocol == pb::TunnelProtocol::Hbone as i32 { Protocol::Hbone } else { Protocol::Tcp },
-        trust_domain: if w.trust_domain.is_empty() { "cluster.local".into() } else { w.trust_domain },
-        service_account: if w.service_account.is_empty() { "default".into() } else { w.service_account },
+        protocol: if w.tunnel_protocol == pb::TunnelProtocol::Hbone as i32 {
+            Protocol::Hbone
+        } else {
+            Protocol::Tcp
+        },
+        trust_domain: if w.trust_domain.is_empty() {
+            "cluster.local".into()
+        } else {
+            w.trust_domain
+        },
+        service_account: if w.service_account.is_empty() {
+            "default".into()
+        } else {
+            w.service_account
+        },
         healthy: w.status == pb::WorkloadStatus::Healthy as i32,
-        workload_name: if w.workload_name.is_empty() { w.name.clone() } else { w.workload_name },
-        canonical_name: if w.canonical_name.is_empty() { w.name.clone() } else { w.canonical_name },
-        canonical_revision: if w.canonical_revision.is_empty() { "latest".into() } else { w.canonical_revision },
+        workload_name: if w.workload_name.is_empty() {
+            w.name.clone()
+        } else {
+            w.workload_name
+        },
+        canonical_name: if w.canonical_name.is_empty() {
+            w.name.clone()
+        } else {
+            w.canonical_name
+        },
+        canonical_revision: if w.canonical_revision.is_empty() {
+            "latest".into()
+        } else {
+            w.canonical_revision
+        },
         uid: w.uid,
         name: w.name,
         namespace: w.namespace,
@@ -190,22 +247,45 @@ pub fn convert_workload(w: pb::Workload) -> Result<Workload, StateError> {
 pub fn convert_service(s: pb::Service) -> Result<Service, StateError> {
     let name = format!("{}/{}", s.namespace, s.hostname);
     if s.hostname.is_empty() {
-        return Err(StateError::Invalid { name, reason: "service has no hostname".into() });
+        return Err(StateError::Invalid {
+            name,
+            reason: "service has no hostname".into(),
+        });
     }
     let vips = s
         .addresses
         .iter()
-        .map(|a| ip_from_bytes(&a.address).ok_or_else(|| StateError::Invalid { name: name.clone(), reason: format!("VIP of {} bytes", a.address.len()) }))
+        .map(|a| {
+            ip_from_bytes(&a.address).ok_or_else(|| StateError::Invalid {
+                name: name.clone(),
+                reason: format!("VIP of {} bytes", a.address.len()),
+            })
+        })
         .collect::<Result<Vec<_>, _>>()?;
-    let ports = s.ports.iter().map(|p| port(&name, p.service_port, p.target_port, p.app_protocol)).collect::<Result<Vec<_>, _>>()?;
-    Ok(Service { name: s.name, namespace: s.namespace, hostname: s.hostname, vips, ports, subject_alt_names: s.subject_alt_names })
+    let ports = s
+        .ports
+        .iter()
+        .map(|p| port(&name, p.service_port, p.target_port, p.app_protocol))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Service {
+        name: s.name,
+        namespace: s.namespace,
+        hostname: s.hostname,
+        vips,
+        ports,
+        subject_alt_names: s.subject_alt_names,
+    })
 }
 
 /// Converts a pushed Authorization.
 pub fn convert_policy(p: security::Authorization) -> Policy {
     Policy {
-        scope: security::Scope::try_from(p.scope).map(|s| s.as_str_name().to_string()).unwrap_or_default(),
-        action: security::Action::try_from(p.action).map(|s| s.as_str_name().to_string()).unwrap_or_default(),
+        scope: security::Scope::try_from(p.scope)
+            .map(|s| s.as_str_name().to_string())
+            .unwrap_or_default(),
+        action: security::Action::try_from(p.action)
+            .map(|s| s.as_str_name().to_string())
+            .unwrap_or_default(),
         rules: p.rules.len(),
         dry_run: p.dry_run,
         name: p.name,
@@ -224,13 +304,18 @@ pub fn convert_address(name: &str, a: pb::Address) -> Result<Address, StateError
     match a.r#type {
         Some(pb::address::Type::Workload(w)) => convert_workload(w).map(Address::Workload),
         Some(pb::address::Type::Service(s)) => convert_service(s).map(Address::Service),
-        None => Err(StateError::Invalid { name: name.into(), reason: "Address has neither workload nor service".into() }),
+        None => Err(StateError::Invalid {
+            name: name.into(),
+            reason: "Address has neither workload nor service".into(),
+        }),
     }
 }
 
 impl Inner {
     fn remove_workload(&mut self, uid: &str) -> bool {
-        let Some(old) = self.workloads.remove(uid) else { return false };
+        let Some(old) = self.workloads.remove(uid) else {
+            return false;
+        };
         for ip in &old.workload_ips {
             if self.by_ip.get(ip).map(|u| u == uid).unwrap_or(false) {
                 self.by_ip.remove(ip);
@@ -245,13 +330,20 @@ impl Inner {
     }
 
     fn remove_service(&mut self, key: &str) -> bool {
-        let Some(old) = self.services.remove(key) else { return false };
+        let Some(old) = self.services.remove(key) else {
+            return false;
+        };
         for vip in &old.vips {
             if self.by_vip.get(vip).map(|k| k == key).unwrap_or(false) {
                 self.by_vip.remove(vip);
             }
         }
-        if self.by_host.get(&old.hostname).map(|k| k == key).unwrap_or(false) {
+        if self
+            .by_host
+            .get(&old.hostname)
+            .map(|k| k == key)
+            .unwrap_or(false)
+        {
             self.by_host.remove(&old.hostname);
         }
         true
@@ -270,7 +362,11 @@ impl State {
                         inner.by_ip.insert(*ip, w.uid.clone());
                     }
                     for svc in w.services.keys() {
-                        inner.endpoints.entry(svc.clone()).or_default().insert(w.uid.clone());
+                        inner
+                            .endpoints
+                            .entry(svc.clone())
+                            .or_default()
+                            .insert(w.uid.clone());
                     }
                     inner.workloads.insert(w.uid.clone(), Arc::new(w));
                 }
@@ -307,13 +403,23 @@ impl State {
 
     /// Inserts or replaces a policy.
     pub fn upsert_policy(&self, name: &str, p: Policy) {
-        self.inner.write().unwrap_or_else(|e| e.into_inner()).policies.insert(name.into(), Arc::new(p));
+        self.inner
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .policies
+            .insert(name.into(), Arc::new(p));
         self.changes.send_modify(|v| *v += 1);
     }
 
     /// Removes a policy by name.
     pub fn remove_policy(&self, name: &str) -> bool {
-        let removed = self.inner.write().unwrap_or_else(|e| e.into_inner()).policies.remove(name).is_some();
+        let removed = self
+            .inner
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .policies
+            .remove(name)
+            .is_some();
         if removed {
             self.changes.send_modify(|v| *v += 1);
         }
@@ -327,20 +433,34 @@ impl State {
     /// The workload owning `ip`.
     pub fn workload_by_ip(&self, ip: IpAddr) -> Option<Arc<Workload>> {
         let inner = self.read();
-        inner.by_ip.get(&ip).and_then(|uid| inner.workloads.get(uid)).cloned()
+        inner
+            .by_ip
+            .get(&ip)
+            .and_then(|uid| inner.workloads.get(uid))
+            .cloned()
     }
 
     /// The service whose VIP is `ip`.
     pub fn service_by_vip(&self, ip: IpAddr) -> Option<Arc<Service>> {
         let inner = self.read();
-        inner.by_vip.get(&ip).and_then(|k| inner.services.get(k)).cloned()
+        inner
+            .by_vip
+            .get(&ip)
+            .and_then(|k| inner.services.get(k))
+            .cloned()
     }
 
     /// A service by DNS name: the full hostname, or `<svc>.<ns>` / `<svc>.<ns>.svc`.
     pub fn service_by_host(&self, host: &str) -> Option<Arc<Service>> {
         let host = host.trim_end_matches('.');
         let inner = self.read();
-        let lookup = |h: &str| inner.by_host.get(h).and_then(|k| inner.services.get(k)).cloned();
+        let lookup = |h: &str| {
+            inner
+                .by_host
+                .get(h)
+                .and_then(|k| inner.services.get(k))
+                .cloned()
+        };
         lookup(host).or_else(|| {
             let dots = host.matches('.').count();
             match dots {
@@ -367,20 +487,35 @@ impl State {
                     .iter()
                     .find(|p| p.service_port == port)
                     .map(|p| p.target_port)
-                    .or_else(|| svc.ports.iter().find(|p| p.service_port == port).map(|p| p.target_port))?;
+                    .or_else(|| {
+                        svc.ports
+                            .iter()
+                            .find(|p| p.service_port == port)
+                            .map(|p| p.target_port)
+                    })?;
                 Some((w.clone(), if target == 0 { port } else { target }))
             })
             .collect();
         if candidates.is_empty() {
             return None;
         }
-        let n = inner.round_robin.get(&key).map(|c| c.fetch_add(1, Ordering::Relaxed)).unwrap_or(0);
+        let n = inner
+            .round_robin
+            .get(&key)
+            .map(|c| c.fetch_add(1, Ordering::Relaxed))
+            .unwrap_or(0);
         candidates.get(n % candidates.len()).cloned()
     }
 
     /// Workloads scheduled on `node`.
     pub fn workloads_on_node(&self, node: &str) -> Vec<Arc<Workload>> {
-        let mut v: Vec<_> = self.read().workloads.values().filter(|w| w.node == node).cloned().collect();
+        let mut v: Vec<_> = self
+            .read()
+            .workloads
+            .values()
+            .filter(|w| w.node == node)
+            .cloned()
+            .collect();
         v.sort_by(|a, b| a.uid.cmp(&b.uid));
         v
     }
@@ -404,7 +539,11 @@ impl State {
         services.sort_by_key(|s| s.key());
         let mut policies: Vec<_> = inner.policies.values().cloned().collect();
         policies.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-        Dump { workloads, services, policies }
+        Dump {
+            workloads,
+            services,
+            policies,
+        }
     }
 }
 

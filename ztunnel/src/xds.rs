@@ -56,16 +56,26 @@ impl XdsClient {
         for t in TYPES {
             readiness.register(ready_task(t));
         }
-        XdsClient { cfg, state, readiness, versions: HashMap::new() }
+        XdsClient {
+            cfg,
+            state,
+            readiness,
+            versions: HashMap::new(),
+        }
     }
 
     fn node(&self) -> Node {
-        let meta = |s: &str| prost_types::Value { kind: Some(prost_types::value::Kind::StringValue(s.to_string())) };
+        let meta = |s: &str| prost_types::Value {
+            kind: Some(prost_types::value::Kind::StringValue(s.to_string())),
+        };
         let mut fields = std::collections::BTreeMap::new();
         fields.insert("NODE_NAME".to_string(), meta(&self.cfg.node_name));
         fields.insert("CLUSTER_ID".to_string(), meta(&self.cfg.cluster_id));
         Node {
-            id: format!("ztunnel~0.0.0.0~ztunnel-{}.istio-system~istio-system.svc.cluster.local", self.cfg.node_name),
+            id: format!(
+                "ztunnel~0.0.0.0~ztunnel-{}.istio-system~istio-system.svc.cluster.local",
+                self.cfg.node_name
+            ),
             cluster: self.cfg.cluster_id.clone(),
             metadata: Some(prost_types::Struct { fields }),
             build_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -88,7 +98,8 @@ impl XdsClient {
                     "Error"
                 }
             };
-            metrics::counter!("istio_xds_connection_terminations_total", "reason" => reason).increment(1);
+            metrics::counter!("istio_xds_connection_terminations_total", "reason" => reason)
+                .increment(1);
             if started.elapsed() > Duration::from_secs(30) {
                 backoff = Duration::from_millis(100);
             }
@@ -100,7 +111,8 @@ impl XdsClient {
     async fn run_once(&mut self) -> Result<(), XdsError> {
         let channel = crate::auth::channel(&self.cfg.xds_address, self.cfg.xds_root_ca.as_ref())?;
         let creds = CallCredentials::load(self.cfg.auth_token.as_ref(), &self.cfg.cluster_id)?;
-        let mut client = AggregatedDiscoveryServiceClient::with_interceptor(channel, creds).max_decoding_message_size(200 * 1024 * 1024);
+        let mut client = AggregatedDiscoveryServiceClient::with_interceptor(channel, creds)
+            .max_decoding_message_size(200 * 1024 * 1024);
         let (tx, rx) = mpsc::channel(16);
         for (i, t) in TYPES.iter().enumerate() {
             let req = DeltaDiscoveryRequest {
@@ -115,7 +127,10 @@ impl XdsClient {
         let mut stream = client
             .delta_aggregated_resources(ReceiverStream::new(rx))
             .await
-            .map_err(|status| XdsError::Connect { addr: self.cfg.xds_address.clone(), status })?
+            .map_err(|status| XdsError::Connect {
+                addr: self.cfg.xds_address.clone(),
+                status,
+            })?
             .into_inner();
         info!(addr = %self.cfg.xds_address, "xDS stream established");
         loop {
@@ -138,12 +153,17 @@ impl XdsClient {
             return nack(&resp, format!("unsubscribed type {}", resp.type_url));
         };
         metrics::counter!("istio_xds_message_total", "url" => type_url).increment(1);
-        metrics::counter!("istio_xds_message_bytes_total", "url" => type_url).increment(resp.encoded_len() as u64);
+        metrics::counter!("istio_xds_message_bytes_total", "url" => type_url)
+            .increment(resp.encoded_len() as u64);
         let errors = self.apply(type_url, &resp);
         debug!(type_url, updated = resp.resources.len(), removed = resp.removed_resources.len(), nonce = %resp.nonce, "applied xDS response");
         if errors.is_empty() {
             self.readiness.done(&ready_task(type_url));
-            DeltaDiscoveryRequest { type_url: type_url.into(), response_nonce: resp.nonce.clone(), ..Default::default() }
+            DeltaDiscoveryRequest {
+                type_url: type_url.into(),
+                response_nonce: resp.nonce.clone(),
+                ..Default::default()
+            }
         } else {
             let msg = errors.join("; ");
             warn!(type_url, error = %msg, "rejecting (NACK) part of an xDS response; valid resources were applied");
@@ -155,7 +175,11 @@ impl XdsClient {
         let mut errors = Vec::new();
         let versions = self.versions.entry(type_url).or_default();
         for name in &resp.removed_resources {
-            let removed = if type_url == ADDRESS_TYPE_URL { self.state.remove_address(name) } else { self.state.remove_policy(name) };
+            let removed = if type_url == ADDRESS_TYPE_URL {
+                self.state.remove_address(name)
+            } else {
+                self.state.remove_policy(name)
+            };
             versions.remove(name);
             debug!(type_url, %name, removed, "resource removed");
         }
@@ -189,7 +213,11 @@ fn nack(resp: &DeltaDiscoveryResponse, message: String) -> DeltaDiscoveryRequest
     DeltaDiscoveryRequest {
         type_url: resp.type_url.clone(),
         response_nonce: resp.nonce.clone(),
-        error_detail: Some(Status { code: tonic::Code::InvalidArgument as i32, message, details: vec![] }),
+        error_detail: Some(Status {
+            code: tonic::Code::InvalidArgument as i32,
+            message,
+            details: vec![],
+        }),
         ..Default::default()
     }
 }
@@ -200,36 +228,79 @@ mod tests {
     use mesh_proto::xds::Resource;
 
     fn client() -> XdsClient {
-        let cfg = Config::from_source(&HashMap::from([("NODE_NAME".to_string(), "n1".to_string())])).expect("cfg");
-        XdsClient::new(Arc::new(cfg), Arc::new(State::default()), Readiness::default())
+        let cfg = Config::from_source(&HashMap::from([(
+            "NODE_NAME".to_string(),
+            "n1".to_string(),
+        )]))
+        .expect("cfg");
+        XdsClient::new(
+            Arc::new(cfg),
+            Arc::new(State::default()),
+            Readiness::default(),
+        )
     }
 
     fn resource(name: &str, w: workload::Workload) -> Resource {
-        let a = workload::Address { r#type: Some(workload::address::Type::Workload(w)) };
-        Resource { name: name.into(), version: "v1".into(), resource: Some(mesh_proto::to_any(ADDRESS_TYPE_URL, &a)), ..Default::default() }
+        let a = workload::Address {
+            r#type: Some(workload::address::Type::Workload(w)),
+        };
+        Resource {
+            name: name.into(),
+            version: "v1".into(),
+            resource: Some(mesh_proto::to_any(ADDRESS_TYPE_URL, &a)),
+            ..Default::default()
+        }
     }
 
     #[test]
     fn ack_applies_and_marks_ready() {
         let mut c = client();
-        let w = workload::Workload { uid: "u1".into(), name: "p".into(), namespace: "ns".into(), addresses: vec![vec![10, 0, 0, 1]], ..Default::default() };
-        let resp = DeltaDiscoveryResponse { type_url: ADDRESS_TYPE_URL.into(), nonce: "n1".into(), resources: vec![resource("u1", w)], ..Default::default() };
+        let w = workload::Workload {
+            uid: "u1".into(),
+            name: "p".into(),
+            namespace: "ns".into(),
+            addresses: vec![vec![10, 0, 0, 1]],
+            ..Default::default()
+        };
+        let resp = DeltaDiscoveryResponse {
+            type_url: ADDRESS_TYPE_URL.into(),
+            nonce: "n1".into(),
+            resources: vec![resource("u1", w)],
+            ..Default::default()
+        };
         let ack = c.handle(resp);
         assert_eq!(ack.response_nonce, "n1");
         assert!(ack.error_detail.is_none());
-        assert!(c.state.workload_by_ip("10.0.0.1".parse().expect("ip")).is_some());
-        assert_eq!(c.readiness.pending(), vec![ready_task(AUTHORIZATION_TYPE_URL)]);
+        assert!(c
+            .state
+            .workload_by_ip("10.0.0.1".parse().expect("ip"))
+            .is_some());
+        assert_eq!(
+            c.readiness.pending(),
+            vec![ready_task(AUTHORIZATION_TYPE_URL)]
+        );
         assert_eq!(c.versions[ADDRESS_TYPE_URL]["u1"], "v1");
     }
 
     #[test]
     fn bad_resource_is_nacked_and_good_ones_still_apply() {
         let mut c = client();
-        let good = workload::Workload { uid: "u1".into(), addresses: vec![vec![10, 0, 0, 1]], ..Default::default() };
-        let bad = workload::Workload { uid: "u2".into(), addresses: vec![vec![1, 2, 3]], ..Default::default() };
+        let good = workload::Workload {
+            uid: "u1".into(),
+            addresses: vec![vec![10, 0, 0, 1]],
+            ..Default::default()
+        };
+        let bad = workload::Workload {
+            uid: "u2".into(),
+            addresses: vec![vec![1, 2, 3]],
+            ..Default::default()
+        };
         let garbage = Resource {
             name: "g".into(),
-            resource: Some(prost_types::Any { type_url: ADDRESS_TYPE_URL.into(), value: vec![0xff, 0xff, 0xff] }),
+            resource: Some(prost_types::Any {
+                type_url: ADDRESS_TYPE_URL.into(),
+                value: vec![0xff, 0xff, 0xff],
+            }),
             ..Default::default()
         };
         let resp = DeltaDiscoveryResponse {
@@ -240,18 +311,45 @@ mod tests {
         };
         let nack = c.handle(resp);
         let detail = nack.error_detail.expect("nack");
-        assert!(detail.message.contains("u2") && detail.message.contains("g:"), "{}", detail.message);
-        assert!(c.state.workload_by_ip("10.0.0.1".parse().expect("ip")).is_some());
-        assert!(c.readiness.pending().contains(&ready_task(ADDRESS_TYPE_URL)));
+        assert!(
+            detail.message.contains("u2") && detail.message.contains("g:"),
+            "{}",
+            detail.message
+        );
+        assert!(c
+            .state
+            .workload_by_ip("10.0.0.1".parse().expect("ip"))
+            .is_some());
+        assert!(c
+            .readiness
+            .pending()
+            .contains(&ready_task(ADDRESS_TYPE_URL)));
     }
 
     #[test]
     fn removal_forgets_version() {
         let mut c = client();
-        let w = workload::Workload { uid: "u1".into(), addresses: vec![vec![10, 0, 0, 1]], ..Default::default() };
-        c.handle(DeltaDiscoveryResponse { type_url: ADDRESS_TYPE_URL.into(), nonce: "a".into(), resources: vec![resource("u1", w)], ..Default::default() });
-        c.handle(DeltaDiscoveryResponse { type_url: ADDRESS_TYPE_URL.into(), nonce: "b".into(), removed_resources: vec!["u1".into()], ..Default::default() });
-        assert!(c.state.workload_by_ip("10.0.0.1".parse().expect("ip")).is_none());
+        let w = workload::Workload {
+            uid: "u1".into(),
+            addresses: vec![vec![10, 0, 0, 1]],
+            ..Default::default()
+        };
+        c.handle(DeltaDiscoveryResponse {
+            type_url: ADDRESS_TYPE_URL.into(),
+            nonce: "a".into(),
+            resources: vec![resource("u1", w)],
+            ..Default::default()
+        });
+        c.handle(DeltaDiscoveryResponse {
+            type_url: ADDRESS_TYPE_URL.into(),
+            nonce: "b".into(),
+            removed_resources: vec!["u1".into()],
+            ..Default::default()
+        });
+        assert!(c
+            .state
+            .workload_by_ip("10.0.0.1".parse().expect("ip"))
+            .is_none());
         assert!(c.versions[ADDRESS_TYPE_URL].is_empty());
     }
 }

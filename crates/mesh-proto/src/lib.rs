@@ -38,14 +38,14 @@ pub mod google {
     }
 }
 
-/// `istio.workload`: Workload and Service resources pushed to ztunnels.
-pub use istio::workload;
+/// `envoy.service.discovery.v3`: delta aggregated discovery service.
+pub use envoy::service::discovery::v3 as xds;
 /// `istio.security`: L4 authorization policies.
 pub use istio::security;
 /// `istio.v1.auth`: the certificate signing service.
 pub use istio::v1::auth as ca;
-/// `envoy.service.discovery.v3`: delta aggregated discovery service.
-pub use envoy::service::discovery::v3 as xds;
+/// `istio.workload`: Workload and Service resources pushed to ztunnels.
+pub use istio::workload;
 
 /// Type URL of `istio.workload.Address` resources.
 pub const ADDRESS_TYPE_URL: &str = "type.googleapis.com/istio.workload.Address";
@@ -54,7 +54,10 @@ pub const AUTHORIZATION_TYPE_URL: &str = "type.googleapis.com/istio.security.Aut
 
 /// Wraps a message in a `google.protobuf.Any` with the given type URL.
 pub fn to_any<M: prost::Message>(type_url: &str, msg: &M) -> prost_types::Any {
-    prost_types::Any { type_url: type_url.to_string(), value: msg.encode_to_vec() }
+    prost_types::Any {
+        type_url: type_url.to_string(),
+        value: msg.encode_to_vec(),
+    }
 }
 
 #[cfg(test)]
@@ -64,14 +67,19 @@ mod tests {
 
     #[test]
     fn workload_uid_uses_field_20() {
-        let w = workload::Workload { uid: "u".into(), ..Default::default() };
+        let w = workload::Workload {
+            uid: "u".into(),
+            ..Default::default()
+        };
         // field 20, wire type 2 => key varint (20 << 3 | 2) = 162 = 0xa2 0x01
         assert_eq!(w.encode_to_vec(), vec![0xa2, 0x01, 0x01, b'u']);
     }
 
     #[test]
     fn clause_matches_use_field_2() {
-        let c = security::Clause { matches: vec![security::Match::default()] };
+        let c = security::Clause {
+            matches: vec![security::Match::default()],
+        };
         assert_eq!(c.encode_to_vec(), vec![0x12, 0x00]);
     }
 }

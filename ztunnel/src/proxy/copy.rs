@@ -29,7 +29,15 @@ struct Half {
 
 impl Half {
     fn new() -> Self {
-        Half { buf: vec![0; SMALL], pos: 0, cap: 0, total: 0, read_done: false, need_flush: false, finished: false }
+        Half {
+            buf: vec![0; SMALL],
+            pos: 0,
+            cap: 0,
+            total: 0,
+            read_done: false,
+            need_flush: false,
+            finished: false,
+        }
     }
 
     fn grow(&mut self) {
@@ -45,7 +53,12 @@ impl Half {
         }
     }
 
-    fn poll_copy<R, W>(&mut self, cx: &mut Context<'_>, mut r: Pin<&mut R>, mut w: Pin<&mut W>) -> Poll<io::Result<()>>
+    fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut r: Pin<&mut R>,
+        mut w: Pin<&mut W>,
+    ) -> Poll<io::Result<()>>
     where
         R: AsyncRead + ?Sized,
         W: AsyncWrite + ?Sized,
@@ -79,7 +92,10 @@ impl Half {
             while self.pos < self.cap {
                 let n = ready!(w.as_mut().poll_write(cx, &self.buf[self.pos..self.cap]))?;
                 if n == 0 {
-                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::WriteZero, "peer stopped accepting data")));
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "peer stopped accepting data",
+                    )));
                 }
                 self.pos += n;
                 self.need_flush = true;

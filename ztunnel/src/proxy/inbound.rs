@@ -33,8 +33,13 @@ pub async fn manage_listeners(proxy: Arc<Proxy>, reconciled: Arc<AtomicU64>) {
             .into_iter()
             .filter(|w| w.protocol == Protocol::Hbone)
             .collect();
-        proxy.certs.track(&local.iter().map(|w| w.identity()).collect());
-        let wanted: HashMap<IpAddr, Arc<Workload>> = local.iter().flat_map(|w| w.workload_ips.iter().map(move |ip| (*ip, w.clone()))).collect();
+        proxy
+            .certs
+            .track(&local.iter().map(|w| w.identity()).collect());
+        let wanted: HashMap<IpAddr, Arc<Workload>> = local
+            .iter()
+            .flat_map(|w| w.workload_ips.iter().map(move |ip| (*ip, w.clone())))
+            .collect();
         listeners.retain(|ip, (uid, task)| {
             let keep = wanted.get(ip).map(|w| &w.uid == uid).unwrap_or(false);
             if !keep {
@@ -54,7 +59,9 @@ pub async fn manage_listeners(proxy: Arc<Proxy>, reconciled: Arc<AtomicU64>) {
                     let task = tokio::spawn(accept_hbone(proxy.clone(), l, w.uid.clone(), *ip));
                     listeners.insert(*ip, (w.uid.clone(), task));
                 }
-                Err(e) => warn!(%addr, error = %e, "cannot open HBONE listener for workload; will retry on the next config change"),
+                Err(e) => {
+                    warn!(%addr, error = %e, "cannot open HBONE listener for workload; will retry on the next config change")
+                }
             }
         }
         reconciled.store(version, Ordering::Release);
@@ -69,7 +76,11 @@ pub async fn manage_listeners(proxy: Arc<Proxy>, reconciled: Arc<AtomicU64>) {
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let s = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    let s = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
     s.set_reuseaddr(true)?;
     s.bind(addr)?;
     s.listen(1024)
@@ -99,17 +110,23 @@ async fn serve_tls(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr, local
         Ok(Ok(t)) => t,
         Ok(Err(e)) => {
             warn!(error = %e, "HBONE TLS handshake failed");
-            metrics::counter!("ztunnel_hbone_handshake_failures_total", "reason" => "tls").increment(1);
+            metrics::counter!("ztunnel_hbone_handshake_failures_total", "reason" => "tls")
+                .increment(1);
             return;
         }
         Err(_) => {
             warn!("HBONE TLS handshake timed out");
-            metrics::counter!("ztunnel_hbone_handshake_failures_total", "reason" => "timeout").increment(1);
+            metrics::counter!("ztunnel_hbone_handshake_failures_total", "reason" => "timeout")
+                .increment(1);
             return;
         }
     };
     // The verifier already required a SPIFFE id in our trust domain; take the one the chain backs.
-    let src_identity = tls.get_ref().1.peer_certificates().and_then(mesh_identity::cert::peer_identity);
+    let src_identity = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(mesh_identity::cert::peer_identity);
     let Some(src_identity) = src_identity else {
         warn!("HBONE peer presented no SPIFFE identity");
         return;
@@ -131,7 +148,12 @@ async fn serve_tls(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr, local
 
 fn hbone_server_config(proxy: &Proxy) -> mesh_hbone::Config {
     let h = &proxy.cfg.hbone;
-    mesh_hbone::Config { stream_window: h.window_size, connection_window: h.connection_window_size, max_frame_size: h.frame_size, ..Default::default() }
+    mesh_hbone::Config {
+        stream_window: h.window_size,
+        connection_window: h.connection_window_size,
+        max_frame_size: h.frame_size,
+        ..Default::default()
+    }
 }
 
 /// Why a CONNECT was refused, with Istio's status for it.
@@ -160,10 +182,19 @@ impl Refusal {
     }
 }
 
-async fn handle_stream(proxy: Arc<Proxy>, peer: SocketAddr, local_ip: IpAddr, src_identity: Identity, req: InboundRequest) {
+async fn handle_stream(
+    proxy: Arc<Proxy>,
+    peer: SocketAddr,
+    local_ip: IpAddr,
+    src_identity: Identity,
+    req: InboundRequest,
+) {
     let dst_wl = proxy.state.workload_by_ip(local_ip);
     // Source labels only from a workload whose identity the certificate backs.
-    let src_wl = proxy.state.workload_by_ip(peer.ip()).filter(|w| w.identity() == src_identity);
+    let src_wl = proxy
+        .state
+        .workload_by_ip(peer.ip())
+        .filter(|w| w.identity() == src_identity);
     let mut info = ConnectionInfo {
         reporter: Some(Reporter::Destination),
         src_addr: Some(peer),
@@ -213,15 +244,25 @@ async fn handle_stream(proxy: Arc<Proxy>, peer: SocketAddr, local_ip: IpAddr, sr
     };
     let guard = ConnectionGuard::open(info);
     let (received, sent, err) = super::relay(&mut stream, &mut upstream).await;
-    guard.close(received, sent, err.as_ref().map(|e| e.to_string()).as_deref());
+    guard.close(
+        received,
+        sent,
+        err.as_ref().map(|e| e.to_string()).as_deref(),
+    );
 }
 
-fn check(req: &InboundRequest, dst_wl: Option<&Workload>, local_ip: IpAddr) -> Result<(SocketAddr, Workload), Refusal> {
+fn check(
+    req: &InboundRequest,
+    dst_wl: Option<&Workload>,
+    local_ip: IpAddr,
+) -> Result<(SocketAddr, Workload), Refusal> {
     if req.method() != Method::CONNECT {
         return Err(Refusal::NotConnect(req.method().clone()));
     }
     let authority = req.authority().unwrap_or_default();
-    let dst: SocketAddr = authority.parse().map_err(|_| Refusal::BadAuthority(authority.to_string()))?;
+    let dst: SocketAddr = authority
+        .parse()
+        .map_err(|_| Refusal::BadAuthority(authority.to_string()))?;
     if dst.ip() != local_ip {
         return Err(Refusal::WrongDestination(dst, local_ip));
     }
@@ -235,7 +276,9 @@ fn check(req: &InboundRequest, dst_wl: Option<&Workload>, local_ip: IpAddr) -> R
 /// `host=` from a `forwarded` header (used only to label metrics, never for routing).
 fn forwarded_host(h: &HeaderMap) -> Option<String> {
     let v = h.get("forwarded")?.to_str().ok()?;
-    v.split(';').find_map(|kv| kv.trim().strip_prefix("host=")).map(|s| s.trim_matches('"').to_string())
+    v.split(';')
+        .find_map(|kv| kv.trim().strip_prefix("host="))
+        .map(|s| s.trim_matches('"').to_string())
 }
 
 fn baggage(w: &Workload) -> String {
@@ -252,8 +295,14 @@ mod tests {
     #[test]
     fn forwarded_host_is_parsed() {
         let mut h = HeaderMap::new();
-        h.insert("forwarded", HeaderValue::from_static("for=\"10.0.0.1:1\";host=b.ns.svc.cluster.local"));
-        assert_eq!(forwarded_host(&h).as_deref(), Some("b.ns.svc.cluster.local"));
+        h.insert(
+            "forwarded",
+            HeaderValue::from_static("for=\"10.0.0.1:1\";host=b.ns.svc.cluster.local"),
+        );
+        assert_eq!(
+            forwarded_host(&h).as_deref(),
+            Some("b.ns.svc.cluster.local")
+        );
         assert_eq!(forwarded_host(&HeaderMap::new()), None);
     }
 }

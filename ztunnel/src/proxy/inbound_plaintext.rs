@@ -25,9 +25,17 @@ pub async fn serve(proxy: Arc<Proxy>, mut stream: TcpStream, peer: SocketAddr) {
         };
         tracing::Span::current().record("dst", tracing::field::display(dst));
         let local = stream.local_addr().ok();
-        let mut info = ConnectionInfo { reporter: Some(Reporter::Destination), src_addr: Some(peer), dst_addr: Some(dst), ..Default::default() };
+        let mut info = ConnectionInfo {
+            reporter: Some(Reporter::Destination),
+            src_addr: Some(peer),
+            dst_addr: Some(dst),
+            ..Default::default()
+        };
         info.src_workload = proxy.state.workload_by_ip(peer.ip());
-        let dst_wl = proxy.state.workload_by_ip(dst.ip()).filter(|w| w.node == proxy.cfg.node_name);
+        let dst_wl = proxy
+            .state
+            .workload_by_ip(dst.ip())
+            .filter(|w| w.node == proxy.cfg.node_name);
         info.dst_identity = dst_wl.as_ref().map(|w| w.identity().to_string());
         info.dst_workload = dst_wl.clone();
         if Some(dst) == local || ILLEGAL_PORTS.contains(&dst.port()) || dst_wl.is_none() {
@@ -45,7 +53,11 @@ pub async fn serve(proxy: Arc<Proxy>, mut stream: TcpStream, peer: SocketAddr) {
         };
         let guard = ConnectionGuard::open(info);
         let (received, sent, err) = super::relay(&mut stream, &mut upstream).await;
-        guard.close(received, sent, err.as_ref().map(|e| e.to_string()).as_deref());
+        guard.close(
+            received,
+            sent,
+            err.as_ref().map(|e| e.to_string()).as_deref(),
+        );
     }
     .instrument(span)
     .await

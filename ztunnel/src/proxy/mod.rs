@@ -41,7 +41,12 @@ pub struct Proxy {
 
 impl Proxy {
     /// Wires the context; the HBONE pool uses Istio's HTTP/2 settings from `cfg`.
-    pub fn new(cfg: Arc<Config>, state: Arc<State>, certs: Arc<CertManager>, shutdown: CancellationToken) -> Arc<Self> {
+    pub fn new(
+        cfg: Arc<Config>,
+        state: Arc<State>,
+        certs: Arc<CertManager>,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
         let h = &cfg.hbone;
         let pool_cfg = mesh_hbone::Config {
             stream_window: h.window_size,
@@ -51,21 +56,44 @@ impl Proxy {
             pool_idle_timeout: h.pool_unused_release_timeout,
             ..Default::default()
         };
-        let pool = mesh_hbone::client::Pool::new(pool_cfg, Arc::new(MarkDialer { mark: cfg.packet_mark }));
-        Arc::new(Proxy { cfg, state, certs, pool, shutdown, connections: TaskTracker::new() })
+        let pool = mesh_hbone::client::Pool::new(
+            pool_cfg,
+            Arc::new(MarkDialer {
+                mark: cfg.packet_mark,
+            }),
+        );
+        Arc::new(Proxy {
+            cfg,
+            state,
+            certs,
+            pool,
+            shutdown,
+            connections: TaskTracker::new(),
+        })
     }
 }
 
 fn tune(stream: &TcpStream) {
     let _ = stream.set_nodelay(true);
-    let ka = TcpKeepalive::new().with_time(Duration::from_secs(180)).with_interval(Duration::from_secs(180)).with_retries(9);
+    let ka = TcpKeepalive::new()
+        .with_time(Duration::from_secs(180))
+        .with_interval(Duration::from_secs(180))
+        .with_retries(9);
     let _ = SockRef::from(stream).set_tcp_keepalive(&ka);
 }
 
 /// Connects to `dst`, optionally from `src` (the original client IP, so the app sees who called)
 /// and with `mark` so capture rules let ztunnel's own traffic through.
-pub async fn connect(src: Option<IpAddr>, dst: SocketAddr, mark: Option<u32>) -> io::Result<TcpStream> {
-    let socket = if dst.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+pub async fn connect(
+    src: Option<IpAddr>,
+    dst: SocketAddr,
+    mark: Option<u32>,
+) -> io::Result<TcpStream> {
+    let socket = if dst.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     let sref = SockRef::from(&socket);
     if let Some(m) = mark {
         sref.set_mark(m)?;
@@ -73,22 +101,37 @@ pub async fn connect(src: Option<IpAddr>, dst: SocketAddr, mark: Option<u32>) ->
     if let Some(ip) = src.filter(|ip| ip.is_ipv4() == dst.is_ipv4()) {
         // Let connect() pick the source port knowing the full 4-tuple; otherwise bind() must find
         // a port unused towards *every* destination, which crawls once TIME_WAIT fills the range.
-        let _ = nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::IpBindAddressNoPort, &true);
+        let _ = nix::sys::socket::setsockopt(
+            &socket,
+            nix::sys::socket::sockopt::IpBindAddressNoPort,
+            &true,
+        );
         if let Err(e) = socket.bind(SocketAddr::new(ip, 0)) {
             if e.kind() != io::ErrorKind::AddrNotAvailable {
                 return Err(e);
             }
             // Not a local address: spoof it transparently when we may (in-pod mode, root).
-            let transparent = if ip.is_ipv4() { sref.set_ip_transparent_v4(true) } else { sref.set_ip_transparent_v6(true) };
+            let transparent = if ip.is_ipv4() {
+                sref.set_ip_transparent_v4(true)
+            } else {
+                sref.set_ip_transparent_v6(true)
+            };
             match transparent {
                 Ok(()) => socket.bind(SocketAddr::new(ip, 0))?,
-                Err(err) => tracing::debug!(%ip, error = %err, "cannot preserve the source address; connecting from our own"),
+                Err(err) => {
+                    tracing::debug!(%ip, error = %err, "cannot preserve the source address; connecting from our own")
+                }
             }
         }
     }
     let stream = tokio::time::timeout(Duration::from_secs(10), socket.connect(dst))
         .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connect to {dst} timed out")))??;
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connect to {dst} timed out"),
+            )
+        })??;
     tune(&stream);
     Ok(stream)
 }
@@ -99,15 +142,23 @@ struct MarkDialer {
 }
 
 impl mesh_hbone::client::Dialer for MarkDialer {
-    fn dial(&self, src: Option<IpAddr>, dst: SocketAddr) -> Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send>> {
+    fn dial(
+        &self,
+        src: Option<IpAddr>,
+        dst: SocketAddr,
+    ) -> Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send>> {
         let mark = self.mark;
         Box::pin(connect(src, dst, mark))
     }
 }
 
 /// Accept loop shared by the TCP listeners: stops on shutdown, tracks every connection task.
-pub async fn accept_loop<F, Fut>(proxy: Arc<Proxy>, listener: tokio::net::TcpListener, name: &'static str, handle: F)
-where
+pub async fn accept_loop<F, Fut>(
+    proxy: Arc<Proxy>,
+    listener: tokio::net::TcpListener,
+    name: &'static str,
+    handle: F,
+) where
     F: Fn(Arc<Proxy>, TcpStream, SocketAddr) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
@@ -138,6 +189,15 @@ where
 pub fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
     let sref = SockRef::from(stream);
     let local = stream.local_addr()?;
-    let addr = if local.is_ipv4() { sref.original_dst_v4()? } else { sref.original_dst_v6()? };
-    addr.as_socket().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "original destination is not an IP address"))
+    let addr = if local.is_ipv4() {
+        sref.original_dst_v4()?
+    } else {
+        sref.original_dst_v6()?
+    };
+    addr.as_socket().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "original destination is not an IP address",
+        )
+    })
 }

@@ -47,16 +47,25 @@ pub enum OutboundError {
     #[error("no certificate for source identity: {0}")]
     Identity(#[from] crate::identity::CertError),
     #[error("HBONE to {dst} failed: {source}")]
-    Hbone { dst: SocketAddr, source: mesh_hbone::HboneError },
+    Hbone {
+        dst: SocketAddr,
+        source: mesh_hbone::HboneError,
+    },
     #[error("connect to {dst} failed: {source}")]
-    Connect { dst: SocketAddr, source: std::io::Error },
+    Connect {
+        dst: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 impl OutboundError {
     /// Istio's response flag for the failed-connection metric.
     pub fn response_flag(&self) -> &'static str {
         match self {
-            OutboundError::Hbone { source: mesh_hbone::HboneError::Tls(_), .. } => "TLS_FAILURE",
+            OutboundError::Hbone {
+                source: mesh_hbone::HboneError::Tls(_),
+                ..
+            } => "TLS_FAILURE",
             OutboundError::Hbone { .. } | OutboundError::Connect { .. } => "CONNECT",
             OutboundError::Identity(_) => "IDENTITY_ERROR",
             OutboundError::NoHealthyUpstream { .. } => "UH",
@@ -79,7 +88,11 @@ pub struct Established {
 
 impl Proxy {
     /// Resolves `target` for the local workload at `src` and connects the upstream.
-    pub async fn connect_outbound(self: &Arc<Self>, src: SocketAddr, target: Target) -> Result<Established, OutboundError> {
+    pub async fn connect_outbound(
+        self: &Arc<Self>,
+        src: SocketAddr,
+        target: Target,
+    ) -> Result<Established, OutboundError> {
         let src_wl = self
             .state
             .workload_by_ip(src.ip())
@@ -89,16 +102,28 @@ impl Proxy {
             Target::Addr(a) => (*a, self.state.service_by_vip(a.ip())),
             Target::Host(h, port) => match self.state.service_by_host(h) {
                 Some(svc) => {
-                    let vip = svc.vips.first().copied().ok_or_else(|| OutboundError::Unresolvable(h.clone()))?;
+                    let vip = svc
+                        .vips
+                        .first()
+                        .copied()
+                        .ok_or_else(|| OutboundError::Unresolvable(h.clone()))?;
                     (SocketAddr::new(vip, *port), Some(svc))
                 }
                 None => {
-                    let addr = tokio::net::lookup_host((h.as_str(), *port)).await.ok().and_then(|mut a| a.next());
-                    (addr.ok_or_else(|| OutboundError::Unresolvable(h.clone()))?, None)
+                    let addr = tokio::net::lookup_host((h.as_str(), *port))
+                        .await
+                        .ok()
+                        .and_then(|mut a| a.next());
+                    (
+                        addr.ok_or_else(|| OutboundError::Unresolvable(h.clone()))?,
+                        None,
+                    )
                 }
             },
         };
-        if ILLEGAL_PORTS.contains(&dst.port()) && (self.state.workload_by_ip(dst.ip()).is_some() || dst.ip().is_loopback()) {
+        if ILLEGAL_PORTS.contains(&dst.port())
+            && (self.state.workload_by_ip(dst.ip()).is_some() || dst.ip().is_loopback())
+        {
             return Err(OutboundError::SelfCall(dst));
         }
         let mut info = ConnectionInfo {
@@ -115,7 +140,10 @@ impl Proxy {
                 .state
                 .pick_endpoint(svc, dst.port())
                 .map(|(w, p)| (Some(w), p))
-                .ok_or_else(|| OutboundError::NoHealthyUpstream { service: svc.hostname.clone(), port: dst.port() })?,
+                .ok_or_else(|| OutboundError::NoHealthyUpstream {
+                    service: svc.hostname.clone(),
+                    port: dst.port(),
+                })?,
             None => (self.state.workload_by_ip(dst.ip()), dst.port()),
         };
         let result = match endpoint {
@@ -127,17 +155,26 @@ impl Proxy {
                 info.dst_identity = Some(w.identity().to_string());
                 info.dst_workload = Some(w.clone());
                 info.mtls = true;
-                self.connect_hbone(&src_wl, src, &w, service.as_deref(), target, hbone_addr).await.map(Upstream::Hbone)
+                self.connect_hbone(&src_wl, src, &w, service.as_deref(), target, hbone_addr)
+                    .await
+                    .map(Upstream::Hbone)
             }
             other => {
                 // Not in the mesh (or not HBONE-capable): plain TCP to the chosen address.
-                let target = other.as_ref().and_then(|w| w.workload_ips.first()).map(|ip| SocketAddr::new(*ip, port)).unwrap_or(dst);
+                let target = other
+                    .as_ref()
+                    .and_then(|w| w.workload_ips.first())
+                    .map(|ip| SocketAddr::new(*ip, port))
+                    .unwrap_or(dst);
                 info.dst_workload = other;
                 info.dst_addr = Some(target);
                 super::connect(None, target, self.cfg.packet_mark)
                     .await
                     .map(Upstream::Tcp)
-                    .map_err(|source| OutboundError::Connect { dst: target, source })
+                    .map_err(|source| OutboundError::Connect {
+                        dst: target,
+                        source,
+                    })
             }
         };
         match result {
@@ -161,7 +198,11 @@ impl Proxy {
         let certs = self.certs.fetch(&src_wl.identity()).await?;
         let mut expected: Vec<Identity> = vec![dst_wl.identity()];
         if let Some(svc) = service {
-            expected.extend(svc.subject_alt_names.iter().filter_map(|s| Identity::parse(s).ok()));
+            expected.extend(
+                svc.subject_alt_names
+                    .iter()
+                    .filter_map(|s| Identity::parse(s).ok()),
+            );
         }
         expected.sort();
         expected.dedup();
@@ -172,9 +213,19 @@ impl Proxy {
             dst: hbone_addr,
             dst_identities: expected.iter().map(|i| i.to_string()).collect(),
         };
-        let req = ConnectRequest { authority: target.to_string(), headers: hbone_headers(src_wl, src, service) };
+        let req = ConnectRequest {
+            authority: target.to_string(),
+            headers: hbone_headers(src_wl, src, service),
+        };
         debug!(%hbone_addr, authority = %target, "HBONE CONNECT");
-        let (stream, _resp_headers) = self.pool.connect(key, tls, req).await.map_err(|source| OutboundError::Hbone { dst: hbone_addr, source })?;
+        let (stream, _resp_headers) =
+            self.pool
+                .connect(key, tls, req)
+                .await
+                .map_err(|source| OutboundError::Hbone {
+                    dst: hbone_addr,
+                    source,
+                })?;
         Ok(stream)
     }
 
@@ -185,7 +236,11 @@ impl Proxy {
             Upstream::Hbone(mut s) => super::relay(&mut downstream, &mut s).await,
             Upstream::Tcp(mut s) => super::relay(&mut downstream, &mut s).await,
         };
-        guard.close(received, sent, err.as_ref().map(|e| e.to_string()).as_deref());
+        guard.close(
+            received,
+            sent,
+            err.as_ref().map(|e| e.to_string()).as_deref(),
+        );
     }
 }
 
@@ -211,7 +266,11 @@ pub async fn serve_captured(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAd
 }
 
 /// Istio's CONNECT headers: `forwarded`, `baggage`, `traceparent`.
-fn hbone_headers(src_wl: &Workload, src: SocketAddr, service: Option<&crate::state::Service>) -> HeaderMap {
+fn hbone_headers(
+    src_wl: &Workload,
+    src: SocketAddr,
+    service: Option<&crate::state::Service>,
+) -> HeaderMap {
     let mut h = HeaderMap::new();
     let mut forwarded = format!("for=\"{src}\"");
     if let Some(svc) = service {
@@ -225,13 +284,20 @@ fn hbone_headers(src_wl: &Workload, src: SocketAddr, service: Option<&crate::sta
     };
     push("k8s.cluster.name".into(), &src_wl.cluster_id);
     push("k8s.namespace.name".into(), &src_wl.namespace);
-    push(format!("k8s.{}.name", src_wl.workload_type), &src_wl.workload_name);
+    push(
+        format!("k8s.{}.name", src_wl.workload_type),
+        &src_wl.workload_name,
+    );
     push("service.name".into(), &src_wl.canonical_name);
     push("service.version".into(), &src_wl.canonical_revision);
     let trace: u128 = rand::random();
     let span: u64 = rand::random();
     let traceparent = format!("00-{trace:032x}-{span:016x}-00");
-    for (k, v) in [("forwarded", forwarded), ("baggage", baggage.join(",")), ("traceparent", traceparent)] {
+    for (k, v) in [
+        ("forwarded", forwarded),
+        ("baggage", baggage.join(",")),
+        ("traceparent", traceparent),
+    ] {
         if let Ok(v) = HeaderValue::from_str(&v) {
             h.insert(k, v);
         }

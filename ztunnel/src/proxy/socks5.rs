@@ -74,7 +74,10 @@ pub async fn handshake(s: &mut TcpStream) -> Result<Target, Socks5Error> {
             s.read_exact(&mut b).await?;
             let mut ip = [0u8; 16];
             ip.copy_from_slice(&b[..16]);
-            Target::Addr(SocketAddr::new(Ipv6Addr::from(ip).into(), u16::from_be_bytes([b[16], b[17]])))
+            Target::Addr(SocketAddr::new(
+                Ipv6Addr::from(ip).into(),
+                u16::from_be_bytes([b[16], b[17]]),
+            ))
         }
         3 => {
             let len = s.read_u8().await? as usize;
@@ -104,7 +107,9 @@ async fn reply(s: &mut TcpStream, code: u8) {
 fn reply_code(e: &OutboundError) -> u8 {
     match e {
         OutboundError::UnknownSource(_) | OutboundError::SelfCall(_) => NOT_ALLOWED,
-        OutboundError::Unresolvable(_) | OutboundError::NoHealthyUpstream { .. } => HOST_UNREACHABLE,
+        OutboundError::Unresolvable(_) | OutboundError::NoHealthyUpstream { .. } => {
+            HOST_UNREACHABLE
+        }
         OutboundError::Connect { .. } => REFUSED,
         _ => GENERAL_FAILURE,
     }
@@ -114,19 +119,22 @@ fn reply_code(e: &OutboundError) -> u8 {
 pub async fn serve(proxy: Arc<Proxy>, mut stream: TcpStream, peer: SocketAddr) {
     let span = tracing::info_span!("socks5", src = %peer, dst = tracing::field::Empty);
     async move {
-        let target = match tokio::time::timeout(Duration::from_secs(10), handshake(&mut stream)).await {
-            Ok(Ok(t)) => t,
-            Ok(Err(e)) => {
-                warn!(error = %e, "malformed SOCKS5 request");
-                metrics::counter!("ztunnel_socks5_errors_total", "reason" => "malformed").increment(1);
-                return;
-            }
-            Err(_) => {
-                warn!(error = %Socks5Error::Timeout, "malformed SOCKS5 request");
-                metrics::counter!("ztunnel_socks5_errors_total", "reason" => "timeout").increment(1);
-                return;
-            }
-        };
+        let target =
+            match tokio::time::timeout(Duration::from_secs(10), handshake(&mut stream)).await {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => {
+                    warn!(error = %e, "malformed SOCKS5 request");
+                    metrics::counter!("ztunnel_socks5_errors_total", "reason" => "malformed")
+                        .increment(1);
+                    return;
+                }
+                Err(_) => {
+                    warn!(error = %Socks5Error::Timeout, "malformed SOCKS5 request");
+                    metrics::counter!("ztunnel_socks5_errors_total", "reason" => "timeout")
+                        .increment(1);
+                    return;
+                }
+            };
         tracing::Span::current().record("dst", tracing::field::display(&target));
         match proxy.connect_outbound(peer, target).await {
             Ok(est) => {
@@ -173,7 +181,9 @@ mod tests {
         let mut v6 = vec![5, 1, 0, 5, 1, 0, 4];
         v6.extend_from_slice(&Ipv6Addr::LOCALHOST.octets());
         v6.extend_from_slice(&[0x1f, 0x90]);
-        assert!(matches!(run(v6).await.0, Ok(Target::Addr(a)) if a == "[::1]:8080".parse().expect("addr")));
+        assert!(
+            matches!(run(v6).await.0, Ok(Target::Addr(a)) if a == "[::1]:8080".parse().expect("addr"))
+        );
         let mut d = vec![5, 1, 0, 5, 1, 0, 3, 8];
         d.extend_from_slice(b"svc.ns.x");
         d.extend_from_slice(&[0, 80]);
@@ -182,14 +192,23 @@ mod tests {
 
     #[tokio::test]
     async fn malformed_requests_are_errors() {
-        assert!(matches!(run(vec![4, 1, 0]).await.0, Err(Socks5Error::Version(4))));
+        assert!(matches!(
+            run(vec![4, 1, 0]).await.0,
+            Err(Socks5Error::Version(4))
+        ));
         let (r, out) = run(vec![5, 1, 2]).await;
         assert!(matches!(r, Err(Socks5Error::NoAcceptableAuth)));
         assert_eq!(out, vec![5, 0xff]);
         let (r, out) = run(vec![5, 1, 0, 5, 2, 0, 1, 1, 2, 3, 4, 0, 80]).await;
         assert!(matches!(r, Err(Socks5Error::Command(2))));
         assert_eq!(out[2..4], [5, COMMAND_NOT_SUPPORTED]);
-        assert!(matches!(run(vec![5, 1, 0, 5, 1, 0, 9]).await.0, Err(Socks5Error::AddressType(9))));
-        assert!(matches!(run(vec![5, 1, 0, 5, 1, 0, 1, 1]).await.0, Err(Socks5Error::Io(_))));
+        assert!(matches!(
+            run(vec![5, 1, 0, 5, 1, 0, 9]).await.0,
+            Err(Socks5Error::AddressType(9))
+        ));
+        assert!(matches!(
+            run(vec![5, 1, 0, 5, 1, 0, 1, 1]).await.0,
+            Err(Socks5Error::Io(_))
+        ));
     }
 }

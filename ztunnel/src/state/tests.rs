@@ -3,7 +3,16 @@ use super::*;
 fn workload(uid: &str, ip: [u8; 4], svc: Option<(&str, u32, u32)>, healthy: bool) -> pb::Workload {
     let mut services = std::collections::HashMap::new();
     if let Some((k, sp, tp)) = svc {
-        services.insert(k.to_string(), pb::PortList { ports: vec![pb::Port { service_port: sp, target_port: tp, app_protocol: 0 }] });
+        services.insert(
+            k.to_string(),
+            pb::PortList {
+                ports: vec![pb::Port {
+                    service_port: sp,
+                    target_port: tp,
+                    app_protocol: 0,
+                }],
+            },
+        );
     }
     pb::Workload {
         uid: uid.into(),
@@ -23,8 +32,16 @@ fn service(vip: [u8; 4]) -> pb::Service {
         name: "svc".into(),
         namespace: "ns".into(),
         hostname: "svc.ns.svc.cluster.local".into(),
-        addresses: vec![pb::NetworkAddress { network: String::new(), address: vip.to_vec(), length: None }],
-        ports: vec![pb::Port { service_port: 80, target_port: 8080, app_protocol: 0 }],
+        addresses: vec![pb::NetworkAddress {
+            network: String::new(),
+            address: vip.to_vec(),
+            length: None,
+        }],
+        ports: vec![pb::Port {
+            service_port: 80,
+            target_port: 8080,
+            app_protocol: 0,
+        }],
         ..Default::default()
     }
 }
@@ -34,7 +51,10 @@ const KEY: &str = "ns/svc.ns.svc.cluster.local";
 #[test]
 fn defaults_and_identity() {
     let w = convert_workload(workload("u1", [10, 0, 0, 1], None, true)).expect("convert");
-    assert_eq!(w.identity().to_string(), "spiffe://cluster.local/ns/ns/sa/default");
+    assert_eq!(
+        w.identity().to_string(),
+        "spiffe://cluster.local/ns/ns/sa/default"
+    );
     assert_eq!(w.protocol, Protocol::Hbone);
     assert_eq!(w.canonical_revision, "latest");
 }
@@ -52,11 +72,21 @@ fn bad_address_is_an_error_not_a_panic() {
 #[test]
 fn round_robin_over_healthy_endpoints() {
     let s = State::default();
-    s.upsert(Address::Service(convert_service(service([10, 96, 0, 1])).expect("svc")));
-    s.upsert(Address::Workload(convert_workload(workload("a", [10, 0, 0, 1], Some((KEY, 80, 8080)), true)).expect("w")));
-    s.upsert(Address::Workload(convert_workload(workload("b", [10, 0, 0, 2], Some((KEY, 80, 8080)), true)).expect("w")));
-    s.upsert(Address::Workload(convert_workload(workload("c", [10, 0, 0, 3], Some((KEY, 80, 8080)), false)).expect("w")));
-    let svc = s.service_by_vip("10.96.0.1".parse().expect("ip")).expect("svc");
+    s.upsert(Address::Service(
+        convert_service(service([10, 96, 0, 1])).expect("svc"),
+    ));
+    s.upsert(Address::Workload(
+        convert_workload(workload("a", [10, 0, 0, 1], Some((KEY, 80, 8080)), true)).expect("w"),
+    ));
+    s.upsert(Address::Workload(
+        convert_workload(workload("b", [10, 0, 0, 2], Some((KEY, 80, 8080)), true)).expect("w"),
+    ));
+    s.upsert(Address::Workload(
+        convert_workload(workload("c", [10, 0, 0, 3], Some((KEY, 80, 8080)), false)).expect("w"),
+    ));
+    let svc = s
+        .service_by_vip("10.96.0.1".parse().expect("ip"))
+        .expect("svc");
     let mut seen = std::collections::HashMap::new();
     for _ in 0..10 {
         let (w, port) = s.pick_endpoint(&svc, 80).expect("endpoint");
@@ -72,8 +102,12 @@ fn round_robin_over_healthy_endpoints() {
 #[test]
 fn removal_cleans_indexes() {
     let s = State::default();
-    s.upsert(Address::Service(convert_service(service([10, 96, 0, 1])).expect("svc")));
-    s.upsert(Address::Workload(convert_workload(workload("a", [10, 0, 0, 1], Some((KEY, 80, 8080)), true)).expect("w")));
+    s.upsert(Address::Service(
+        convert_service(service([10, 96, 0, 1])).expect("svc"),
+    ));
+    s.upsert(Address::Workload(
+        convert_workload(workload("a", [10, 0, 0, 1], Some((KEY, 80, 8080)), true)).expect("w"),
+    ));
     assert!(s.workload_by_ip("10.0.0.1".parse().expect("ip")).is_some());
     assert!(s.remove_address("a"));
     assert!(s.workload_by_ip("10.0.0.1".parse().expect("ip")).is_none());
@@ -87,8 +121,16 @@ fn removal_cleans_indexes() {
 #[test]
 fn moved_ip_follows_the_new_owner() {
     let s = State::default();
-    s.upsert(Address::Workload(convert_workload(workload("a", [10, 0, 0, 1], None, true)).expect("w")));
-    s.upsert(Address::Workload(convert_workload(workload("b", [10, 0, 0, 1], None, true)).expect("w")));
+    s.upsert(Address::Workload(
+        convert_workload(workload("a", [10, 0, 0, 1], None, true)).expect("w"),
+    ));
+    s.upsert(Address::Workload(
+        convert_workload(workload("b", [10, 0, 0, 1], None, true)).expect("w"),
+    ));
     s.remove_address("a");
-    assert_eq!(s.workload_by_ip("10.0.0.1".parse().expect("ip")).map(|w| w.uid.clone()), Some("b".into()));
+    assert_eq!(
+        s.workload_by_ip("10.0.0.1".parse().expect("ip"))
+            .map(|w| w.uid.clone()),
+        Some("b".into())
+    );
 }
