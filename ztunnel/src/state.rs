@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use mesh_identity::spiffe::Identity;
-use mesh_proto::{security, workload as pb};
+use mesh_policy::Policy;
+use mesh_proto::workload as pb;
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -85,18 +86,6 @@ impl Service {
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.hostname)
     }
-}
-
-/// An L4 authorization policy as pushed (evaluation is a later issue; kept for the dump).
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Policy {
-    pub name: String,
-    pub namespace: String,
-    pub scope: String,
-    pub action: String,
-    pub rules: usize,
-    pub dry_run: bool,
 }
 
 #[derive(Default)]
@@ -277,22 +266,6 @@ pub fn convert_service(s: pb::Service) -> Result<Service, StateError> {
     })
 }
 
-/// Converts a pushed Authorization.
-pub fn convert_policy(p: security::Authorization) -> Policy {
-    Policy {
-        scope: security::Scope::try_from(p.scope)
-            .map(|s| s.as_str_name().to_string())
-            .unwrap_or_default(),
-        action: security::Action::try_from(p.action)
-            .map(|s| s.as_str_name().to_string())
-            .unwrap_or_default(),
-        rules: p.rules.len(),
-        dry_run: p.dry_run,
-        name: p.name,
-        namespace: p.namespace,
-    }
-}
-
 /// A converted Address resource.
 pub enum Address {
     Workload(Workload),
@@ -401,7 +374,7 @@ impl State {
         removed
     }
 
-    /// Inserts or replaces a policy.
+    /// Inserts or replaces a policy (converted with [`mesh_policy::Policy::from_proto`]).
     pub fn upsert_policy(&self, name: &str, p: Policy) {
         self.inner
             .write()
@@ -505,6 +478,17 @@ impl State {
             .map(|c| c.fetch_add(1, Ordering::Relaxed))
             .unwrap_or(0);
         candidates.get(n % candidates.len()).cloned()
+    }
+
+    /// The enforced policies that apply to `w` as a destination.
+    pub fn policies_for(&self, w: &Workload) -> Vec<Arc<Policy>> {
+        let inner = self.read();
+        inner
+            .policies
+            .values()
+            .filter(|p| mesh_policy::applies_to(p, &w.namespace, &w.authorization_policies))
+            .cloned()
+            .collect()
     }
 
     /// Workloads scheduled on `node`.

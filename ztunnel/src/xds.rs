@@ -196,7 +196,8 @@ impl XdsClient {
             } else {
                 security::Authorization::decode(any.value.as_slice())
                     .map_err(|e| format!("{}: undecodable Authorization: {e}", r.name))
-                    .map(|p| self.state.upsert_policy(&r.name, state::convert_policy(p)))
+                    .and_then(|p| mesh_policy::Policy::from_proto(p).map_err(|e| e.to_string()))
+                    .map(|p| self.state.upsert_policy(&r.name, p))
             };
             match result {
                 Ok(()) => {

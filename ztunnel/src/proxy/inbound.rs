@@ -169,6 +169,8 @@ enum Refusal {
     IllegalPort(u16),
     #[error("destination workload is gone")]
     NoWorkload,
+    #[error("{0}")]
+    Denied(String),
     #[error("connect to the app at {0} failed: {1}")]
     Upstream(SocketAddr, std::io::Error),
 }
@@ -177,6 +179,7 @@ impl Refusal {
     fn status(&self) -> StatusCode {
         match self {
             Refusal::NoWorkload | Refusal::Upstream(..) => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::Denied(_) => StatusCode::UNAUTHORIZED,
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -217,6 +220,19 @@ async fn handle_stream(
         }
     };
     info.dst_addr = Some(dst);
+    let conn = mesh_policy::Connection {
+        src_identity: Some(&src_identity),
+        src_ip: peer.ip(),
+        dst_ip: dst.ip(),
+        dst_port: dst.port(),
+    };
+    if let mesh_policy::Decision::Deny(why) = super::authorize(&proxy.state, &dst_wl, &conn) {
+        let r = Refusal::Denied(why);
+        warn!(error = %r, status = 401, "refusing HBONE request: not authorized");
+        crate::metrics::failed(&info, "DENY", &r.to_string());
+        req.reject(r.status());
+        return;
+    }
     if let Some(host) = forwarded_host(req.headers()) {
         info.dst_service = proxy.state.service_by_host(&host);
     }

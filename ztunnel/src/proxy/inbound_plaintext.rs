@@ -43,6 +43,19 @@ pub async fn serve(proxy: Arc<Proxy>, mut stream: TcpStream, peer: SocketAddr) {
             crate::metrics::failed(&info, "DENY", "destination is not a local workload");
             return;
         }
+        if let Some(w) = &dst_wl {
+            let conn = mesh_policy::Connection {
+                src_identity: None,
+                src_ip: peer.ip(),
+                dst_ip: dst.ip(),
+                dst_port: dst.port(),
+            };
+            if let mesh_policy::Decision::Deny(why) = super::authorize(&proxy.state, w, &conn) {
+                warn!(reason = %why, "refusing plaintext inbound: not authorized");
+                crate::metrics::failed(&info, "DENY", &why);
+                return;
+            }
+        }
         let mut upstream = match super::connect(Some(peer.ip()), dst, proxy.cfg.packet_mark).await {
             Ok(s) => s,
             Err(e) => {

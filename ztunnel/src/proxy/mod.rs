@@ -185,6 +185,20 @@ pub async fn accept_loop<F, Fut>(
     tracing::info!(listener = name, "stopped accepting");
 }
 
+/// L4 authorization of a connection to the local workload `dst` (dry-run policies only log).
+pub fn authorize(
+    state: &State,
+    dst: &crate::state::Workload,
+    conn: &mesh_policy::Connection<'_>,
+) -> mesh_policy::Decision {
+    let policies = state.policies_for(dst);
+    mesh_policy::evaluate(
+        policies.iter().map(|p| p.as_ref()),
+        conn,
+        |p, allowed| tracing::info!(policy = %p.key(), allowed, "dry-run policy evaluated (not enforced)"),
+    )
+}
+
 /// The original destination of a REDIRECTed connection (`SO_ORIGINAL_DST`).
 pub fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
     let sref = SockRef::from(stream);

@@ -134,3 +134,75 @@ fn moved_ip_follows_the_new_owner() {
         Some("b".into())
     );
 }
+
+#[test]
+fn policies_apply_by_scope_and_decide_inbound() {
+    use mesh_proto::security as sec;
+    let s = State::default();
+    let mut w = workload("a", [10, 0, 0, 1], None, true);
+    w.authorization_policies = vec!["ns/selected".into()];
+    s.upsert(Address::Workload(convert_workload(w).expect("w")));
+    let mk = |name: &str, scope: sec::Scope, action: sec::Action, port: u32| {
+        mesh_policy::Policy::from_proto(sec::Authorization {
+            name: name.into(),
+            namespace: "ns".into(),
+            scope: scope as i32,
+            action: action as i32,
+            rules: vec![sec::Rule {
+                clauses: vec![sec::Clause {
+                    matches: vec![sec::Match {
+                        destination_ports: vec![port],
+                        ..Default::default()
+                    }],
+                }],
+            }],
+            ..Default::default()
+        })
+        .expect("policy")
+    };
+    s.upsert_policy(
+        "ns/selected",
+        mk(
+            "selected",
+            sec::Scope::WorkloadSelector,
+            sec::Action::Deny,
+            9000,
+        ),
+    );
+    s.upsert_policy(
+        "ns/unselected",
+        mk(
+            "unselected",
+            sec::Scope::WorkloadSelector,
+            sec::Action::Deny,
+            80,
+        ),
+    );
+    s.upsert_policy(
+        "other/ns-wide",
+        mesh_policy::Policy {
+            namespace: "other".into(),
+            ..mk("ns-wide", sec::Scope::Namespace, sec::Action::Deny, 80)
+        },
+    );
+    let wl = s
+        .workload_by_ip("10.0.0.1".parse().expect("ip"))
+        .expect("w");
+    let applied: Vec<String> = s.policies_for(&wl).iter().map(|p| p.key()).collect();
+    assert_eq!(applied, vec!["ns/selected".to_string()]);
+    let id = wl.identity();
+    let conn = |port| mesh_policy::Connection {
+        src_identity: Some(&id),
+        src_ip: "10.0.0.9".parse().expect("ip"),
+        dst_ip: "10.0.0.1".parse().expect("ip"),
+        dst_port: port,
+    };
+    assert_eq!(
+        crate::proxy::authorize(&s, &wl, &conn(80)),
+        mesh_policy::Decision::Allow
+    );
+    assert_eq!(
+        crate::proxy::authorize(&s, &wl, &conn(9000)),
+        mesh_policy::Decision::Deny("denied by DENY policy ns/selected".into())
+    );
+}
