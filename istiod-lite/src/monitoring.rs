@@ -1,4 +1,5 @@
-//! Monitoring listener (15014): `/metrics`, `/ready`, `/debug/connections`, `/debug/config`.
+//! Monitoring listener (15014): `/metrics`, `/ready`, `/debug/connections`, `/debug/config`,
+//! `/debug/config_dump?proxyID=...`.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -146,12 +147,49 @@ fn handle(state: &MonitoringState, req: Request<Incoming>) -> Response<Full<Byte
         }
         "/debug/connections" => json(&state.clients.list()),
         "/debug/config" => json(&*state.config.borrow().clone()),
+        "/debug/config_dump" => {
+            let proxy_id = req.uri().query().and_then(|q| query_param(q, "proxyID"));
+            match crate::xds::debug::config_dump(&state.clients, proxy_id.as_deref()) {
+                Ok(dump) => json(&dump),
+                Err(e @ crate::xds::debug::DumpError::MissingProxyId(_)) => {
+                    text(StatusCode::BAD_REQUEST, format!("{e}\n"))
+                }
+                Err(e) => text(StatusCode::NOT_FOUND, format!("{e}\n")),
+            }
+        }
         "/" => text(
             StatusCode::OK,
-            "/metrics\n/ready\n/debug/connections\n/debug/config\n".into(),
+            "/metrics\n/ready\n/debug/connections\n/debug/config\n/debug/config_dump?proxyID=<node name or node id>\n".into(),
         ),
         _ => text(StatusCode::NOT_FOUND, "not found; try /\n".into()),
     }
+}
+
+/// The percent-decoded value of `key` in a query string (`+` is a space, as forms send it).
+fn query_param(query: &str, key: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(k) == key).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let hex = |c: u8| (c as char).to_digit(16);
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
@@ -174,5 +212,23 @@ fn json<T: serde::Serialize + ?Sized>(v: &T) -> Response<Full<Bytes>> {
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("cannot encode JSON: {e}\n"),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_params_are_percent_decoded() {
+        let q = "a=1&proxyID=ztunnel%7E0.0.0.0%7Eztunnel-node1.istio-system&x";
+        assert_eq!(
+            query_param(q, "proxyID").as_deref(),
+            Some("ztunnel~0.0.0.0~ztunnel-node1.istio-system")
+        );
+        assert_eq!(query_param(q, "x").as_deref(), Some(""));
+        assert_eq!(query_param(q, "y"), None);
+        assert_eq!(percent_decode("a%2"), "a%2");
+        assert_eq!(percent_decode("a+b%20c"), "a b c");
     }
 }

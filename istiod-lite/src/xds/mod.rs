@@ -3,6 +3,7 @@
 //! One task per stream. The first request of a type gets the full state (minus what the client
 //! says it has); later snapshots (already debounced by the model) produce only the changes.
 
+pub mod debug;
 pub mod registry;
 pub mod state;
 
@@ -22,7 +23,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use self::registry::{now_rfc3339, ClientInfo, ClientRegistry, NackInfo};
+use self::registry::{now_rfc3339, ClientInfo, ClientRegistry, NackInfo, SentResponse};
 use self::state::{Reply, TypeState};
 use crate::auth::NodeTokens;
 use crate::model::Snapshot;
@@ -297,6 +298,7 @@ impl Connection {
                 tracing::debug!(type_url = %type_url, nonce = %nonce, version = generation, "ACK");
                 self.server.registry.update(self.id, |c| {
                     let t = c.types.entry(type_url).or_default();
+                    t.history.answered(&nonce, true);
                     t.last_acked_nonce = nonce;
                     t.last_acked_version = generation.to_string();
                     t.resources = resources;
@@ -311,6 +313,7 @@ impl Connection {
                 metrics::counter!(PILOT_TOTAL_XDS_REJECTS, "type" => metric_type(&type_url).to_string()).increment(1);
                 self.server.registry.update(self.id, |c| {
                     let t = c.types.entry(type_url).or_default();
+                    t.history.answered(&nonce, false);
                     t.nacks += 1;
                     t.resources = resources;
                     t.last_nack = Some(NackInfo {
@@ -357,18 +360,28 @@ impl Connection {
         metrics::histogram!(PILOT_XDS_PUSH_TIME, "type" => type_label)
             .record(since.elapsed().as_secs_f64());
         tracing::debug!(type_url = %type_url, nonce = %nonce, version = %version, updated, removed, bytes = size, "pushed");
-        let st = self.types.get(&type_url);
-        let (subscription, resources) = st
-            .map(|s| (s.subscription(), s.resource_count()))
+        let st = self.types.get_mut(&type_url);
+        let (subscription, resources, built) = st
+            .map(|s| (s.subscription(), s.resource_count(), s.take_built(&nonce)))
             .unwrap_or_default();
+        let sent_at = now_rfc3339();
         self.server.registry.update(self.id, |c| {
             let t = c.types.entry(type_url).or_default();
+            if let Some(b) = built {
+                t.history.sent(Arc::new(SentResponse {
+                    nonce: b.nonce,
+                    version: b.generation.to_string(),
+                    sent_at: sent_at.clone(),
+                    resources: b.resources,
+                    removed: b.removed,
+                }));
+            }
             t.subscription = subscription;
             t.resources = resources;
             t.pushes += 1;
             t.last_sent_nonce = nonce;
             t.last_sent_version = version;
-            t.last_sent_at = Some(now_rfc3339());
+            t.last_sent_at = Some(sent_at);
         });
         Ok(())
     }

@@ -1,12 +1,13 @@
-//! Connected xDS clients, for /debug/connections and the `pilot_xds` gauge.
+//! Connected xDS clients, for /debug/connections, /debug/config_dump and the `pilot_xds` gauge.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
 use super::PILOT_XDS;
+use crate::model::Resource;
 
 /// What we know about one connected client.
 #[derive(Debug, Clone, Serialize)]
@@ -50,6 +51,86 @@ pub struct TypeInfo {
     pub nacks: u64,
     /// The last NACK.
     pub last_nack: Option<NackInfo>,
+    /// What the last responses carried (for /debug/config_dump; not in /debug/connections).
+    #[serde(skip)]
+    pub history: SentHistory,
+}
+
+/// What one response carried. Resources are the shared `Arc`s of the snapshot, so keeping them
+/// costs a pointer each.
+#[derive(Debug)]
+pub struct SentResponse {
+    /// Response nonce.
+    pub nonce: String,
+    /// `system_version_info` (snapshot generation).
+    pub version: String,
+    /// When it was handed to the stream (RFC 3339).
+    pub sent_at: String,
+    /// Added or changed resources.
+    pub resources: Vec<Arc<Resource>>,
+    /// Names of removed resources.
+    pub removed: Vec<Arc<str>>,
+}
+
+/// An answered response and when the answer came.
+#[derive(Debug, Clone)]
+pub struct Answered {
+    /// The response.
+    pub response: Arc<SentResponse>,
+    /// When the ACK or NACK was received (RFC 3339).
+    pub at: String,
+}
+
+/// Unanswered responses remembered per type (as many as the stream state keeps in flight).
+const MAX_UNANSWERED: usize = 32;
+
+/// Per-type record of the last responses sent, ACKed and NACKed.
+#[derive(Debug, Clone, Default)]
+pub struct SentHistory {
+    /// Sent but not yet answered, oldest first.
+    unanswered: VecDeque<Arc<SentResponse>>,
+    /// The last response sent.
+    pub last_sent: Option<Arc<SentResponse>>,
+    /// The last response ACKed.
+    pub last_acked: Option<Answered>,
+    /// The last response NACKed.
+    pub last_nacked: Option<Answered>,
+}
+
+impl SentHistory {
+    /// Records a response handed to the stream.
+    pub fn sent(&mut self, r: Arc<SentResponse>) {
+        self.unanswered.push_back(r.clone());
+        while self.unanswered.len() > MAX_UNANSWERED {
+            self.unanswered.pop_front();
+        }
+        self.last_sent = Some(r);
+    }
+
+    /// Records the client's reply to `nonce`. Replies come in order, so older unanswered
+    /// responses are settled (as the stream state counts them: accepted) along the way.
+    pub fn answered(&mut self, nonce: &str, accepted: bool) {
+        let Some(pos) = self.unanswered.iter().position(|r| r.nonce == nonce) else {
+            return;
+        };
+        let Some(response) = self.unanswered.drain(..=pos).next_back() else {
+            return;
+        };
+        let answer = Some(Answered {
+            response,
+            at: now_rfc3339(),
+        });
+        if accepted {
+            self.last_acked = answer;
+        } else {
+            self.last_nacked = answer;
+        }
+    }
+
+    /// True when `nonce` is sent and not yet answered.
+    pub fn is_unanswered(&self, nonce: &str) -> bool {
+        self.unanswered.iter().any(|r| r.nonce == nonce)
+    }
 }
 
 /// A rejected response.
@@ -103,6 +184,23 @@ impl ClientRegistry {
     /// Snapshot of all connected clients.
     pub fn list(&self) -> Vec<ClientInfo> {
         self.lock().values().cloned().collect()
+    }
+
+    /// The connected clients `proxy_id` names, newest first. It matches the node id, the node
+    /// name, or Istio's `<pod>.<namespace>` proxy id (the third `~` field of the node id).
+    pub fn find(&self, proxy_id: &str) -> Vec<ClientInfo> {
+        let mut found: Vec<ClientInfo> = self
+            .lock()
+            .values()
+            .filter(|c| {
+                c.node_id == proxy_id
+                    || c.node_name == proxy_id
+                    || c.node_id.split('~').nth(2) == Some(proxy_id)
+            })
+            .cloned()
+            .collect();
+        found.reverse();
+        found
     }
 
     /// Number of connected clients.

@@ -54,6 +54,19 @@ pub enum Reply {
     Unknown,
 }
 
+/// What the last built response carried, picked up by the stream for the debug history.
+#[derive(Debug)]
+pub struct Built {
+    /// Nonce of the response.
+    pub nonce: String,
+    /// Snapshot generation it was built from.
+    pub generation: u64,
+    /// Added or changed resources.
+    pub resources: Vec<Arc<Resource>>,
+    /// Removed names.
+    pub removed: Vec<Arc<str>>,
+}
+
 /// One subscribed type on one stream.
 #[derive(Debug)]
 pub struct TypeState {
@@ -66,6 +79,8 @@ pub struct TypeState {
     /// precomputed-delta fast path.
     view_generation: Option<u64>,
     in_flight: VecDeque<InFlight>,
+    /// Content of the last response built, until the stream takes it.
+    built: Option<Built>,
 }
 
 impl TypeState {
@@ -84,6 +99,7 @@ impl TypeState {
                 .collect(),
             view_generation: None,
             in_flight: VecDeque::new(),
+            built: None,
         };
         s.update_subscription(
             &req.resource_names_subscribe,
@@ -170,7 +186,7 @@ impl TypeState {
         while self.in_flight.len() > MAX_IN_FLIGHT {
             self.in_flight.pop_front();
         }
-        Some(DeltaDiscoveryResponse {
+        let response = DeltaDiscoveryResponse {
             system_version_info: snap.generation.to_string(),
             resources: updates
                 .iter()
@@ -183,8 +199,23 @@ impl TypeState {
                 .collect(),
             type_url: self.type_url.clone(),
             removed_resources: removed.iter().map(|n| n.to_string()).collect(),
+            nonce: nonce.clone(),
+        };
+        self.built = Some(Built {
             nonce,
-        })
+            generation: snap.generation,
+            resources: updates,
+            removed,
+        });
+        Some(response)
+    }
+
+    /// Takes the content of the response with `nonce` if it is the last one built.
+    pub fn take_built(&mut self, nonce: &str) -> Option<Built> {
+        match &self.built {
+            Some(b) if b.nonce == nonce => self.built.take(),
+            _ => None,
+        }
     }
 
     fn changes(&self, ts: &TypeSnapshot) -> (Vec<Arc<Resource>>, Vec<Arc<str>>) {

@@ -2,5 +2,6 @@
 #![allow(clippy::unwrap_used)]
 
 mod ca;
+mod debug;
 mod harness;
 mod xds;
