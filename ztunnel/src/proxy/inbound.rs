@@ -106,7 +106,10 @@ async fn serve_tls(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr, local
         }
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(certs.server.clone());
-    let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+    // Boxed so the handshake state is freed once done instead of sizing the connection task.
+    let tls = match tokio::time::timeout(Duration::from_secs(10), Box::pin(acceptor.accept(stream)))
+        .await
+    {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => {
             warn!(error = %e, "HBONE TLS handshake failed");

@@ -256,7 +256,9 @@ pub async fn serve_captured(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAd
             }
         };
         tracing::Span::current().record("dst", tracing::field::display(dst));
-        match proxy.connect_outbound(peer, Target::Addr(dst)).await {
+        // Boxed: the set-up future (TLS, pool) is large and would otherwise live as long as the
+        // connection inside the task.
+        match Box::pin(proxy.connect_outbound(peer, Target::Addr(dst))).await {
             Ok(est) => proxy.relay_outbound(stream, est).await,
             Err(e) => warn!(error = %e, "outbound connection failed"),
         }

@@ -136,7 +136,9 @@ pub async fn serve(proxy: Arc<Proxy>, mut stream: TcpStream, peer: SocketAddr) {
                 }
             };
         tracing::Span::current().record("dst", tracing::field::display(&target));
-        match proxy.connect_outbound(peer, target).await {
+        // Boxed: the set-up future (TLS, pool) is large and would otherwise live as long as the
+        // connection inside the task.
+        match Box::pin(proxy.connect_outbound(peer, target)).await {
             Ok(est) => {
                 reply(&mut stream, 0).await;
                 proxy.relay_outbound(stream, est).await;
