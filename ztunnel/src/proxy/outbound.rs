@@ -69,6 +69,7 @@ impl OutboundError {
             OutboundError::Hbone { .. } | OutboundError::Connect { .. } => "CONNECT",
             OutboundError::Identity(_) => "IDENTITY_ERROR",
             OutboundError::NoHealthyUpstream { .. } => "UH",
+            OutboundError::Unresolvable(_) => "NR",
             _ => "DENY",
         }
     }
@@ -93,11 +94,34 @@ impl Proxy {
         src: SocketAddr,
         target: Target,
     ) -> Result<Established, OutboundError> {
+        let mut info = ConnectionInfo {
+            reporter: Some(Reporter::Source),
+            src_addr: Some(src),
+            ..Default::default()
+        };
+        // Every refusal, early or late, is counted with what was known by then.
+        match self.try_connect_outbound(src, target, &mut info).await {
+            Ok(upstream) => Ok(Established { upstream, info }),
+            Err(e) => {
+                crate::metrics::failed(&info, e.response_flag(), &e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    async fn try_connect_outbound(
+        self: &Arc<Self>,
+        src: SocketAddr,
+        target: Target,
+        info: &mut ConnectionInfo,
+    ) -> Result<Upstream, OutboundError> {
         let src_wl = self
             .state
             .workload_by_ip(src.ip())
             .filter(|w| w.node == self.cfg.node_name)
             .ok_or(OutboundError::UnknownSource(src.ip()))?;
+        info.src_identity = Some(src_wl.identity().to_string());
+        info.src_workload = Some(src_wl.clone());
         let (dst, service) = match &target {
             Target::Addr(a) => (*a, self.state.service_by_vip(a.ip())),
             Target::Host(h, port) => match self.state.service_by_host(h) {
@@ -126,15 +150,8 @@ impl Proxy {
         {
             return Err(OutboundError::SelfCall(dst));
         }
-        let mut info = ConnectionInfo {
-            reporter: Some(Reporter::Source),
-            src_addr: Some(src),
-            dst_addr: Some(dst),
-            src_identity: Some(src_wl.identity().to_string()),
-            src_workload: Some(src_wl.clone()),
-            dst_service: service.clone(),
-            ..Default::default()
-        };
+        info.dst_addr = Some(dst);
+        info.dst_service = service.clone();
         let (endpoint, port) = match &service {
             Some(svc) => self
                 .state
@@ -146,7 +163,7 @@ impl Proxy {
                 })?,
             None => (self.state.workload_by_ip(dst.ip()), dst.port()),
         };
-        let result = match endpoint {
+        match endpoint {
             Some(w) if w.protocol == Protocol::Hbone => {
                 let ip = w.workload_ips.first().copied().unwrap_or(dst.ip());
                 let target = SocketAddr::new(ip, port);
@@ -175,13 +192,6 @@ impl Proxy {
                         dst: target,
                         source,
                     })
-            }
-        };
-        match result {
-            Ok(upstream) => Ok(Established { upstream, info }),
-            Err(e) => {
-                crate::metrics::failed(&info, e.response_flag(), &e.to_string());
-                Err(e)
             }
         }
     }
