@@ -6,7 +6,7 @@
 SHELL := /usr/bin/env bash
 CARGO ?= cargo
 
-.PHONY: all test prereqs build demo bench lint fmt
+.PHONY: all test test-dashboards prereqs build demo bench lint fmt
 
 all: build
 
@@ -18,13 +18,14 @@ build:
 
 test: prereqs build
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
-		echo "+ $(CARGO) nextest run --workspace"; \
-		$(CARGO) nextest run --workspace; \
+		echo "+ $(CARGO) nextest run --workspace --no-fail-fast"; \
+		$(CARGO) nextest run --workspace --no-fail-fast; \
 	else \
 		echo "cargo-nextest not found; falling back to cargo test"; \
-		echo "+ $(CARGO) test --workspace"; \
-		$(CARGO) test --workspace; \
+		echo "+ $(CARGO) test --workspace --no-fail-fast"; \
+		$(CARGO) test --workspace --no-fail-fast; \
 	fi
+	python3 tests/dashboards/run.py
 
 demo:
 	@scripts/demo.sh
@@ -38,3 +39,7 @@ lint:
 
 fmt:
 	$(CARGO) fmt --all
+
+# The Grafana dashboards against a real Prometheus scraping a local mesh (part of `make test`).
+test-dashboards: prereqs build
+	python3 tests/dashboards/run.py

@@ -23,8 +23,10 @@ for t in ip iptables iperf3 python3 curl; do
     command -v "$t" >/dev/null 2>&1 || die "$t not found (make prereqs installs it as root)"
 done
 
-echo "==> cargo build --$PROFILE --bins"
-if [ "$PROFILE" = release ]; then cargo build --release --bins; else cargo build --bins; fi
+# Only what the bench runs, so a crate elsewhere in the workspace that is mid-change cannot stop it.
+PKGS=(-p istiod-lite -p ztunnel -p mesh-bench)
+echo "==> cargo build --$PROFILE ${PKGS[*]}"
+if [ "$PROFILE" = release ]; then cargo build --release "${PKGS[@]}"; else cargo build "${PKGS[@]}"; fi
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE
 for b in istiod-lite ztunnel meshbench; do [ -x "$BIN/$b" ] || die "$BIN/$b missing"; done
 
@@ -41,12 +43,16 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 # nsenter execs in place; `ip netns exec` forks and waits, so its $! would not be the child.
 X() { nsenter --net="/run/netns/$NS" "$@"; }
+# Background processes call nsenter directly, not through X: `X cmd &` runs X in a forked
+# subshell, so $! would be that bash, not the process (wrong RSS, and kill would orphan it).
 
 ip netns add "$NS"
 ip -n "$NS" link set lo up
 # Room for 5 s of connection churn and 1000 held connections.
 X sysctl -qw net.ipv4.ip_local_port_range="1024 65000" net.ipv4.tcp_tw_reuse=1
-ulimit -n 65536
+# 1000 held connections need ~2000 descriptors per ztunnel; raise the soft limit as far as allowed.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+[ "$(ulimit -n)" = unlimited ] || [ "$(ulimit -n)" -ge 4096 ] || die "open-file limit $(ulimit -n) is too low for 1000 held connections"
 
 mkdir -p "$WORK/config"
 cp "$ROOT"/examples/local/namespaces.yaml "$ROOT"/examples/local/client.yaml "$WORK/config/"
@@ -88,7 +94,7 @@ wait_200() {
 }
 
 echo "==> starting istiod-lite and two ztunnels in network namespace $NS"
-CONFIG_DIR=$WORK/config STATE_DIR=$WORK/state X "$BIN/istiod-lite" >"$WORK/istiod.log" 2>&1 &
+CONFIG_DIR=$WORK/config STATE_DIR=$WORK/state nsenter --net="/run/netns/$NS" "$BIN/istiod-lite" >"$WORK/istiod.log" 2>&1 &
 PIDS+=($!)
 wait_200 http://127.0.0.1:15014/ready
 declare -A ZPID
@@ -99,7 +105,7 @@ for node in node1 node2; do
     NODE_NAME=$node XDS_ADDRESS=http://127.0.0.1:15010 AUTH_TOKEN=$WORK/$node.token \
     ADMIN_ADDR=$ip:15000 STATS_ADDR=$ip:15020 READINESS_ADDR=$ip:15021 SOCKS5_ADDR=$ip:15080 \
     OUTBOUND_ADDR=$out INBOUND_PLAINTEXT_ADDR= RUST_LOG=warn \
-        X "$BIN/ztunnel" >"$WORK/ztunnel-$node.log" 2>&1 &
+        nsenter --net="/run/netns/$NS" "$BIN/ztunnel" >"$WORK/ztunnel-$node.log" 2>&1 &
     PIDS+=($!)
     ZPID[$node]=$!   # X uses nsenter, which execs: this is ztunnel's own pid
 done
@@ -107,11 +113,14 @@ wait_200 http://127.0.0.1:15021/healthz/ready
 wait_200 http://127.0.0.2:15021/healthz/ready
 
 rss_kb() { awk '/^VmRSS/{print $2}' "/proc/$1/status"; }
+for node in node1 node2; do
+    grep -q ztunnel "/proc/${ZPID[$node]}/comm" || die "pid ${ZPID[$node]} is not $node's ztunnel"
+done
 IDLE1=$(rss_kb "${ZPID[node1]}") IDLE2=$(rss_kb "${ZPID[node2]}")
 
-X iperf3 -s -B 127.0.1.2 -p 5201 >"$WORK/iperf3-server.log" 2>&1 &
+nsenter --net="/run/netns/$NS" iperf3 -s -B 127.0.1.2 -p 5201 >"$WORK/iperf3-server.log" 2>&1 &
 PIDS+=($!)
-X "$BIN/meshbench" echo --listen 127.0.1.2:7000 >"$WORK/echo.log" 2>&1 &
+nsenter --net="/run/netns/$NS" "$BIN/meshbench" echo --listen 127.0.1.2:7000 >"$WORK/echo.log" 2>&1 &
 PIDS+=($!)
 X iptables -t nat -A OUTPUT -p tcp -d 127.0.2.0/24 -j REDIRECT --to-ports 15001
 for i in $(seq 1 100); do X bash -c 'exec 3<>/dev/tcp/127.0.1.2/5201 && exec 3<>/dev/tcp/127.0.1.2/7000' 2>/dev/null && break; sleep 0.05; done
@@ -147,7 +156,7 @@ MTLS=$(X curl -fsS http://127.0.0.2:15020/metrics | grep '^istio_tcp_connections
 
 echo "==> holding 1000 tunnelled connections"
 mkfifo "$WORK/hold.in"
-X "$BIN/meshbench" hold --to 127.0.2.2:7000 --from 127.0.1.1 --count 1000 <"$WORK/hold.in" >"$WORK/hold.out" 2>&1 &
+nsenter --net="/run/netns/$NS" "$BIN/meshbench" hold --to 127.0.2.2:7000 --from 127.0.1.1 --count 1000 <"$WORK/hold.in" >"$WORK/hold.out" 2>&1 &
 HOLD=$!
 exec 7>"$WORK/hold.in"
 for i in $(seq 1 600); do grep -q '^holding' "$WORK/hold.out" && break; kill -0 $HOLD 2>/dev/null || break; sleep 0.1; done

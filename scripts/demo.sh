@@ -53,8 +53,8 @@ for addr in $ISTIOD_XDS $ISTIOD_TLS $ISTIOD_MON $N1:15000 $N1:15020 $N1:15021 $N
     fi
 done
 
-step "Building (cargo build --bins, debug: fastest from a cold start)"
-cargo build --bins
+step "Building ztunnel and istiod-lite (debug: fastest from a cold start)"
+cargo build -p ztunnel -p istiod-lite
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug
 [ -x "$BIN/istiod-lite" ] && [ -x "$BIN/ztunnel" ] || fail "binaries not found in $BIN"
 

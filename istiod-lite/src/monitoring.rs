@@ -61,7 +61,8 @@ pub fn install_recorder() -> Result<PrometheusHandle, MonitoringError> {
     crate::xds::describe_metrics();
     crate::ca::describe_metrics();
     // Istio's build gauge, so version panels and alerts written for istiod work unchanged.
-    metrics::gauge!("istio_build", "component" => "pilot", "tag" => env!("CARGO_PKG_VERSION")).set(1.0);
+    metrics::gauge!("istio_build", "component" => "pilot", "tag" => env!("CARGO_PKG_VERSION"))
+        .set(1.0);
     Ok(handle.clone())
 }
 

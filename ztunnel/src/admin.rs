@@ -111,7 +111,7 @@ pub fn stats(
     }
 }
 
-/// Readiness route: 200 `ready` once nothing is pending, else 503 naming what is.
+/// Readiness route: 200 `ready` once nothing is pending, else 500 (as Istio) naming what is.
 pub fn readiness(
     state: Arc<AdminState>,
 ) -> impl Fn(Request<Incoming>) -> Response<Body> + Clone + Send + Sync + 'static {
@@ -122,7 +122,7 @@ pub fn readiness(
                 text(StatusCode::OK, "ready\n")
             } else {
                 text(
-                    StatusCode::SERVICE_UNAVAILABLE,
+                    StatusCode::INTERNAL_SERVER_ERROR,
                     format!("not ready: {}\n", pending.join(", ")),
                 )
             }

@@ -103,7 +103,11 @@ impl ConnectRequest {
 pub trait Dialer: Send + Sync + 'static {
     /// Opens a TCP connection to `dst`, from source address `src` when given (the pool key's
     /// source IP: the peer then sees the workload's address, as it does in in-pod mode).
-    fn dial(&self, src: Option<IpAddr>, dst: SocketAddr) -> Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send>>;
+    fn dial(
+        &self,
+        src: Option<IpAddr>,
+        dst: SocketAddr,
+    ) -> Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send>>;
 }
 
 /// Plain TCP connect with Istio's socket options: `TCP_NODELAY`, keepalive probes after 180 s
@@ -127,7 +131,11 @@ impl TcpDialer {
 }
 
 impl Dialer for TcpDialer {
-    fn dial(&self, src: Option<IpAddr>, dst: SocketAddr) -> Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send>> {
+    fn dial(
+        &self,
+        src: Option<IpAddr>,
+        dst: SocketAddr,
+    ) -> Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send>> {
         Box::pin(async move {
             let socket = if dst.is_ipv4() {
                 TcpSocket::new_v4()?
