@@ -449,4 +449,32 @@ mod tests {
         let err = m.fetch(&id("a")).await.err().expect("must refuse");
         assert!(matches!(err, CertError::Invalid { .. }), "{err}");
     }
+
+    #[tokio::test]
+    async fn rotates_at_half_life() {
+        let ca = Arc::new(LocalCa {
+            ca: CertificateAuthority::self_signed("cluster.local").expect("ca"),
+            calls: AtomicUsize::new(0),
+            lie_as: None,
+        });
+        // The CA back-dates not_before by 60 s, so a 62 s certificate is half-way through its
+        // life one second after issue.
+        let m = CertManager::new(Arc::new(ca.clone()), Duration::from_secs(62));
+        m.track(&[id("a")].into_iter().collect());
+        let first = m.fetch(&id("a")).await.expect("cert");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = m.fetch(&id("a")).await.expect("cert");
+            if now.cert.serial_hex() != first.cert.serial_hex() {
+                assert!(now.cert.not_after() > first.cert.not_after());
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "certificate was not rotated at half life"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(ca.calls.load(Ordering::SeqCst) >= 2);
+    }
 }

@@ -34,6 +34,10 @@ pub struct MeshOptions {
     pub nodes: Option<Vec<String>>,
     /// `OUTBOUND_ADDR` per node (default disabled: explicit mode needs no capture).
     pub outbound_addr: BTreeMap<String, String>,
+    /// `INBOUND_PLAINTEXT_ADDR` per node (default disabled).
+    pub inbound_plaintext_addr: BTreeMap<String, String>,
+    /// `PACKET_MARK` for every ztunnel (needs root; lets capture rules skip ztunnel's own traffic).
+    pub packet_mark: Option<u32>,
     /// Serialise with other meshes on this machine (they share the fixed pod addresses). Off
     /// only inside a private network namespace.
     pub lock: bool,
@@ -45,6 +49,8 @@ impl Default for MeshOptions {
             xds_tls: false,
             nodes: None,
             outbound_addr: BTreeMap::new(),
+            inbound_plaintext_addr: BTreeMap::new(),
+            packet_mark: None,
             lock: true,
         }
     }
@@ -405,7 +411,21 @@ impl Mesh {
                     .cloned()
                     .unwrap_or_default(),
             )
-            .env("INBOUND_PLAINTEXT_ADDR", "")
+            .env(
+                "INBOUND_PLAINTEXT_ADDR",
+                self.options
+                    .inbound_plaintext_addr
+                    .get(node)
+                    .cloned()
+                    .unwrap_or_default(),
+            )
+            .env(
+                "PACKET_MARK",
+                self.options
+                    .packet_mark
+                    .map(|m| m.to_string())
+                    .unwrap_or_default(),
+            )
             .env("RUST_LOG", log_level());
         let log = self.dir.join("logs").join(format!("ztunnel-{node}.log"));
         let process = Process::spawn(&format!("ztunnel {node}"), cmd, &log)?;

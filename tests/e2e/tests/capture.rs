@@ -2,7 +2,11 @@
 //! creates, an iptables REDIRECT sends a plain client's connection to a service VIP into node1's
 //! ztunnel, which tunnels it over HBONE to node2's ztunnel and the app. No SOCKS anywhere.
 //!
-//! The test re-executes itself inside the namespace (`ip netns exec`), so istiod-lite, both
+//! A second test does the same for inbound plaintext on 15006: a client outside the mesh reaches
+//! the server pod's port, node2's ztunnel takes it from SO_ORIGINAL_DST and dials the app with
+//! the client's source address (ztunnel's own sockets carry mark 0x539 and are not redirected).
+//!
+//! The tests re-execute themselves inside the namespace (`ip netns exec`), so istiod-lite, both
 //! ztunnels, the app and the client all live there and the machine's own network is untouched.
 
 use std::net::SocketAddr;
@@ -18,12 +22,26 @@ use mesh_e2e::{
 };
 
 const TEST_NAME: &str = "outbound_capture_on_15001_with_iptables_redirect";
+const PLAINTEXT_TEST: &str = "inbound_plaintext_capture_on_15006";
 
 #[test]
 fn outbound_capture_on_15001_with_iptables_redirect() {
     if netns::inside().is_some() {
         return inside_the_namespace();
     }
+    run_in_namespace(TEST_NAME);
+}
+
+#[test]
+fn inbound_plaintext_capture_on_15006() {
+    if netns::inside().is_some() {
+        return plaintext_inside_the_namespace();
+    }
+    run_in_namespace(PLAINTEXT_TEST);
+}
+
+/// Re-runs `test` inside a fresh network namespace (root), or skips with a reason.
+fn run_in_namespace(test: &str) {
     if !netns::is_root() {
         if in_ci() {
             panic!("CI=true but not root: the 15001 capture test needs network namespaces (run CI as root)");
@@ -42,7 +60,7 @@ fn outbound_capture_on_15001_with_iptables_redirect() {
     }
     let ns = NetNs::create().expect("creating a network namespace");
     let out = ns
-        .run_test_inside(TEST_NAME)
+        .run_test_inside(test)
         .expect("running the test inside the namespace");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -57,7 +75,7 @@ fn outbound_capture_on_15001_with_iptables_redirect() {
     // Make sure the filter matched and the body really ran (libtest prints "1 passed").
     assert!(
         stdout.contains("1 passed"),
-        "the inner run did not execute {TEST_NAME}"
+        "the inner run did not execute {test}"
     );
 }
 
@@ -138,6 +156,82 @@ fn inside_the_namespace() {
                 "node1 did not count the captured connection to the service"
             );
             println!("captured connection tunnelled: app peers {:?}", app.peers());
+            Ok(())
+        })
+        .await;
+    });
+}
+
+fn plaintext_inside_the_namespace() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut options = MeshOptions {
+            lock: false,
+            packet_mark: Some(0x539),
+            ..Default::default()
+        };
+        options
+            .inbound_plaintext_addr
+            .insert("node2".into(), "0.0.0.0:15006".into());
+        let mesh = Mesh::start(Topology::demo(), options).await;
+        mesh.check(async {
+            // istio-cni's inbound rule, reduced to loopback: TCP to the pod's app port that
+            // ztunnel did not send itself goes to 15006.
+            netns::run(Command::new("iptables").args([
+                "-t",
+                "nat",
+                "-A",
+                "OUTPUT",
+                "-p",
+                "tcp",
+                "-d",
+                "127.0.1.2",
+                "--dport",
+                &APP_PORT.to_string(),
+                "-m",
+                "mark",
+                "!",
+                "--mark",
+                "0x539/0xfff",
+                "-j",
+                "REDIRECT",
+                "--to-ports",
+                "15006",
+            ]))?;
+            let app = EchoServer::start(SERVER_IP.into(), APP_PORT).await?;
+            let outsider: std::net::IpAddr = "127.0.3.5".parse()?;
+            let mut s = connect_from(outsider, SocketAddr::new(SERVER_IP.into(), APP_PORT)).await?;
+            apps::echo_roundtrip(&mut s, b"plaintext from outside the mesh").await?;
+            drop(s);
+            anyhow::ensure!(
+                app.peers().iter().any(|p| p.ip() == outsider),
+                "app did not see the client's address: {:?}",
+                app.peers()
+            );
+            let node2 = mesh.ztunnel("node2");
+            let labels = [
+                ("reporter", "destination"),
+                ("destination_principal", SERVER_SPIFFE),
+                ("connection_security_policy", "unknown"),
+            ];
+            eventually(
+                "destination-side plaintext metrics",
+                Duration::from_secs(10),
+                Duration::from_millis(50),
+                || async {
+                    Ok((node2
+                        .metrics()
+                        .await?
+                        .sum("istio_tcp_connections_opened_total", &labels)
+                        >= 1.0)
+                        .then_some(()))
+                },
+            )
+            .await?;
             Ok(())
         })
         .await;
