@@ -113,6 +113,26 @@ impl Ztunnel {
         Ok(Metrics::parse(&r.body))
     }
 
+    /// Waits (up to 10 s, polling `/metrics`) until the series of `name` matching `labels` sum to
+    /// at least `min`; returns the sum.
+    pub async fn wait_for_count(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        min: f64,
+    ) -> anyhow::Result<f64> {
+        crate::eventually(
+            &format!("{name}{labels:?} >= {min} on ztunnel {}", self.node),
+            std::time::Duration::from_secs(10),
+            std::time::Duration::from_millis(50),
+            || async {
+                let n = self.metrics().await?.sum(name, labels);
+                Ok((n >= min).then_some(n))
+            },
+        )
+        .await
+    }
+
     /// Fetches `/config_dump` as JSON.
     pub async fn config_dump(&self) -> anyhow::Result<serde_json::Value> {
         let r = http::get(self.admin, "/config_dump").await?;

@@ -11,15 +11,12 @@
 
 use std::net::SocketAddr;
 use std::process::Command;
-use std::time::Duration;
 
 use mesh_e2e::apps::{self, EchoServer};
 use mesh_e2e::netns::{self, NetNs};
 use mesh_e2e::socks5::connect_from;
 use mesh_e2e::topology::{APP_PORT, CLIENT_IP, SERVER_IP, SERVER_VIP, SERVICE_PORT};
-use mesh_e2e::{
-    eventually, in_ci, skip, Mesh, MeshOptions, Topology, CLIENT_SPIFFE, SERVER_SPIFFE,
-};
+use mesh_e2e::{in_ci, skip, Mesh, MeshOptions, Topology, CLIENT_SPIFFE, SERVER_SPIFFE};
 
 const TEST_NAME: &str = "outbound_capture_on_15001_with_iptables_redirect";
 const PLAINTEXT_TEST: &str = "inbound_plaintext_capture_on_15006";
@@ -129,20 +126,9 @@ fn inside_the_namespace() {
                 ("destination_principal", SERVER_SPIFFE),
                 ("connection_security_policy", "mutual_tls"),
             ];
-            eventually(
-                "destination-side mTLS metrics",
-                Duration::from_secs(10),
-                Duration::from_millis(50),
-                || async {
-                    Ok((node2
-                        .metrics()
-                        .await?
-                        .sum("istio_tcp_connections_opened_total", &labels)
-                        >= 1.0)
-                        .then_some(()))
-                },
-            )
-            .await?;
+            node2
+                .wait_for_count("istio_tcp_connections_opened_total", &labels, 1.0)
+                .await?;
             let src = mesh.ztunnel("node1").metrics().await?;
             let n = src.sum(
                 "istio_tcp_connections_opened_total",
@@ -218,20 +204,9 @@ fn plaintext_inside_the_namespace() {
                 ("destination_principal", SERVER_SPIFFE),
                 ("connection_security_policy", "unknown"),
             ];
-            eventually(
-                "destination-side plaintext metrics",
-                Duration::from_secs(10),
-                Duration::from_millis(50),
-                || async {
-                    Ok((node2
-                        .metrics()
-                        .await?
-                        .sum("istio_tcp_connections_opened_total", &labels)
-                        >= 1.0)
-                        .then_some(()))
-                },
-            )
-            .await?;
+            node2
+                .wait_for_count("istio_tcp_connections_opened_total", &labels, 1.0)
+                .await?;
             Ok(())
         })
         .await;

@@ -11,7 +11,7 @@ use anyhow::Context;
 use mesh_e2e::apps::EchoServer;
 use mesh_e2e::ca::request_cert;
 use mesh_e2e::topology::{APP_PORT, CLIENT_IP, SERVER_IP};
-use mesh_e2e::{eventually, skip, Mesh, MeshOptions, Topology, CLIENT_SPIFFE, SERVER_SPIFFE};
+use mesh_e2e::{skip, Mesh, MeshOptions, Topology, CLIENT_SPIFFE, SERVER_SPIFFE};
 use mesh_identity::spiffe::Identity;
 
 fn python_h2_missing() -> Option<String> {
@@ -107,20 +107,10 @@ async fn python_h2_client_speaks_hbone_to_ztunnel() {
             ("source_principal", CLIENT_SPIFFE),
             ("connection_security_policy", "mutual_tls"),
         ];
-        eventually(
-            "destination metrics for the python connection",
-            Duration::from_secs(10),
-            Duration::from_millis(50),
-            || async {
-                Ok((node2
-                    .metrics()
-                    .await?
-                    .sum("istio_tcp_connections_closed_total", &labels)
-                    >= 1.0)
-                    .then_some(()))
-            },
-        )
-        .await
+        node2
+            .wait_for_count("istio_tcp_connections_closed_total", &labels, 1.0)
+            .await
+            .map(|_| ())
     })
     .await;
 }
