@@ -23,6 +23,8 @@ pub struct Shared {
     pub certs: Arc<CertManager>,
     pub readiness: Readiness,
     pub shutdown: CancellationToken,
+    /// Open connections (dump).
+    pub open: Arc<proxy::connections::Registry>,
     /// State version the inbound listeners were last reconciled to.
     pub listeners_version: Arc<AtomicU64>,
 }
@@ -48,6 +50,7 @@ impl Shared {
             "services": dump.services,
             "policies": dump.policies,
             "certificates": self.certs.dump(),
+            "connections": self.open.dump(),
             "config": &*self.cfg,
             "version": env!("CARGO_PKG_VERSION"),
         });
@@ -74,6 +77,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         readiness: readiness.clone(),
         shutdown: shutdown.clone(),
         listeners_version: listeners_version.clone(),
+        open: proxy.open.clone(),
     });
     let admin_state = Arc::new(AdminState {
         app: shared.clone(),
@@ -138,6 +142,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         anyhow::bail!("XDS_ADDRESS is empty: ztunnel has no other source of workloads");
     }
     tokio::spawn(xds.run());
+    tokio::spawn(proxy::connections::revalidate_on_change(
+        proxy.open.clone(),
+        state.clone(),
+        shutdown.clone(),
+    ));
     tokio::spawn(proxy::inbound::manage_listeners(
         proxy.clone(),
         listeners_version,

@@ -8,7 +8,10 @@ use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
+use std::future::Future;
+
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::sync::CancellationToken;
 
 const SMALL: usize = 1024;
 const MEDIUM: usize = 16 * 1024;
@@ -110,16 +113,28 @@ impl Half {
     }
 }
 
-/// Copies both ways until both directions have ended. Returns (bytes a→b, bytes b→a) and the
-/// first error, if any; the counts are what was moved before it.
-pub async fn relay<A, B>(a: &mut A, b: &mut B) -> (u64, u64, Option<io::Error>)
+/// Copies both ways until both directions have ended, or until `cancel` fires (the connection is
+/// no longer authorized, or ztunnel is going away). Returns (bytes a→b, bytes b→a) and the first
+/// error, if any; the counts are what was moved before it.
+pub async fn relay<A, B>(
+    a: &mut A,
+    b: &mut B,
+    cancel: &CancellationToken,
+) -> (u64, u64, Option<io::Error>)
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
     let mut ab = Half::new();
     let mut ba = Half::new();
+    let mut cancelled = std::pin::pin!(cancel.cancelled());
     let result = poll_fn(|cx| {
+        if cancelled.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "closed by ztunnel: connection no longer authorized",
+            )));
+        }
         if !ab.finished {
             if let Poll::Ready(Err(e)) = ab.poll_copy(cx, Pin::new(&mut *a), Pin::new(&mut *b)) {
                 return Poll::Ready(Err(e));
@@ -149,7 +164,8 @@ mod tests {
     async fn copies_both_ways_with_half_close_and_counts() {
         let (mut client, mut a) = tokio::io::duplex(64 * 1024);
         let (mut b, mut server) = tokio::io::duplex(64 * 1024);
-        let relay = tokio::spawn(async move { relay(&mut a, &mut b).await });
+        let relay =
+            tokio::spawn(async move { relay(&mut a, &mut b, &CancellationToken::new()).await });
         let data: Vec<u8> = (0..20 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
         let expect = data.clone();
         let server_task = tokio::spawn(async move {
@@ -182,5 +198,27 @@ mod tests {
         h.total = TO_LARGE_AFTER;
         h.grow();
         assert_eq!(h.buf.len(), LARGE);
+    }
+
+    #[tokio::test]
+    async fn cancellation_ends_the_relay_with_counts() {
+        let (mut client, mut a) = tokio::io::duplex(1024);
+        let (mut b, mut server) = tokio::io::duplex(1024);
+        let token = CancellationToken::new();
+        let t = token.clone();
+        let relay = tokio::spawn(async move { relay(&mut a, &mut b, &t).await });
+        client.write_all(b"hello").await.expect("write");
+        let mut got = [0u8; 5];
+        server.read_exact(&mut got).await.expect("read");
+        token.cancel();
+        let (ab, ba, err) = relay.await.expect("join");
+        assert_eq!((ab, ba), (5, 0));
+        assert_eq!(
+            err.map(|e| e.kind()),
+            Some(std::io::ErrorKind::ConnectionAborted)
+        );
+        // Both sides see the connection end.
+        let mut rest = Vec::new();
+        assert_eq!(server.read_to_end(&mut rest).await.expect("eof"), 0);
     }
 }

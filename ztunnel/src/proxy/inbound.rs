@@ -15,6 +15,7 @@ use mesh_identity::spiffe::Identity;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn, Instrument};
 
+use super::connections::ConnectionDump;
 use super::{Proxy, ILLEGAL_PORTS};
 use crate::metrics::{ConnectionGuard, ConnectionInfo, Reporter};
 use crate::state::{Protocol, Workload};
@@ -261,8 +262,13 @@ async fn handle_stream(
             return;
         }
     };
+    let reg = proxy.open.inbound(
+        ConnectionDump::of(&info, "inbound"),
+        Some(src_identity.clone()),
+        dst_wl.uid.clone(),
+    );
     let guard = ConnectionGuard::open(info);
-    let (received, sent, err) = super::relay(&mut stream, &mut upstream).await;
+    let (received, sent, err) = super::relay(&mut stream, &mut upstream, &reg.cancel).await;
     guard.close(
         received,
         sent,

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 use tracing::{warn, Instrument};
 
+use super::connections::ConnectionDump;
 use super::{Proxy, ILLEGAL_PORTS};
 use crate::metrics::{ConnectionGuard, ConnectionInfo, Reporter};
 
@@ -64,8 +65,12 @@ pub async fn serve(proxy: Arc<Proxy>, mut stream: TcpStream, peer: SocketAddr) {
                 return;
             }
         };
+        let uid = dst_wl.as_ref().map(|w| w.uid.clone()).unwrap_or_default();
+        let reg = proxy
+            .open
+            .inbound(ConnectionDump::of(&info, "inbound"), None, uid);
         let guard = ConnectionGuard::open(info);
-        let (received, sent, err) = super::relay(&mut stream, &mut upstream).await;
+        let (received, sent, err) = super::relay(&mut stream, &mut upstream, &reg.cancel).await;
         guard.close(
             received,
             sent,

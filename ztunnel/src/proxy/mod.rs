@@ -1,6 +1,7 @@
 //! The data plane: outbound (SOCKS5 and captured 15001), inbound HBONE (per-workload 15008) and
 //! inbound plaintext (15006) listeners, sharing one [`Proxy`] context.
 
+pub mod connections;
 mod copy;
 pub mod inbound;
 pub mod inbound_plaintext;
@@ -37,6 +38,8 @@ pub struct Proxy {
     pub shutdown: CancellationToken,
     /// Open connections, awaited (up to the drain deadline) on shutdown.
     pub connections: TaskTracker,
+    /// Open connections by id, for the dump and re-authorization.
+    pub open: Arc<connections::Registry>,
 }
 
 impl Proxy {
@@ -69,6 +72,7 @@ impl Proxy {
             pool,
             shutdown,
             connections: TaskTracker::new(),
+            open: Arc::default(),
         })
     }
 }

@@ -241,10 +241,13 @@ impl Proxy {
 
     /// Relays an established outbound connection and records its metrics and access log.
     pub async fn relay_outbound(&self, mut downstream: TcpStream, est: Established) {
+        let reg = self.open.outbound(super::connections::ConnectionDump::of(
+            &est.info, "outbound",
+        ));
         let guard = ConnectionGuard::open(est.info);
         let (received, sent, err) = match est.upstream {
-            Upstream::Hbone(mut s) => super::relay(&mut downstream, &mut s).await,
-            Upstream::Tcp(mut s) => super::relay(&mut downstream, &mut s).await,
+            Upstream::Hbone(mut s) => super::relay(&mut downstream, &mut s, &reg.cancel).await,
+            Upstream::Tcp(mut s) => super::relay(&mut downstream, &mut s, &reg.cancel).await,
         };
         guard.close(
             received,
