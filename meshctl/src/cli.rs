@@ -59,6 +59,9 @@ pub enum Section {
     /// Workload certificates: CERTIFICATE NAME TYPE STATUS VALID CERT SERIAL NUMBER NOT AFTER NOT BEFORE.
     #[value(alias = "certificate", alias = "secret")]
     Certificates,
+    /// Open connections: DIRECTION SOURCE DESTINATION SOURCE IDENTITY DESTINATION IDENTITY PROTOCOL STARTED.
+    #[value(alias = "connection")]
+    Connections,
     /// All four tables (or the whole dump with -o json|yaml).
     All,
 }

@@ -23,6 +23,8 @@ pub struct ConfigDump {
     pub policies: Vec<Policy>,
     /// Per-identity certificates.
     pub certificates: Vec<CertDump>,
+    /// Open proxied connections.
+    pub connections: Vec<Connection>,
 }
 
 /// Why a dump could not be read.
@@ -65,6 +67,7 @@ impl ConfigDump {
             services: parse_all(raw.get("services"))?,
             policies: parse_all(raw.get("policies"))?,
             certificates: parse_all(raw.get("certificates"))?,
+            connections: parse_all(raw.get("connections"))?,
             raw,
         })
     }
@@ -76,6 +79,26 @@ impl ConfigDump {
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
     }
+}
+
+/// An open connection through the agent.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Connection {
+    /// `inbound` or `outbound`.
+    pub direction: String,
+    /// Source address.
+    pub src: String,
+    /// Destination address.
+    pub dst: String,
+    /// Source SPIFFE id, when known.
+    pub src_identity: Option<String>,
+    /// Destination SPIFFE id, when known.
+    pub dst_identity: Option<String>,
+    /// Carried over HBONE mTLS.
+    pub mutual_tls: bool,
+    /// RFC 3339 start time.
+    pub started: String,
 }
 
 /// A workload as the agent knows it.

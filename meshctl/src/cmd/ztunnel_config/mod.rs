@@ -82,11 +82,13 @@ pub fn render(
         Section::Services => services(dump, filter).render(),
         Section::Policies => policies(dump, filter).render(),
         Section::Certificates => certificates(dump, now).render(),
+        Section::Connections => connections(dump).render(),
         Section::All => [
             workloads(dump, filter),
             services(dump, filter),
             policies(dump, filter),
             certificates(dump, now),
+            connections(dump),
         ]
         .iter()
         .map(Table::render)
@@ -196,6 +198,36 @@ pub fn policies(dump: &ConfigDump, f: &Filter) -> Table {
     t
 }
 
+/// DIRECTION SOURCE DESTINATION SOURCE IDENTITY DESTINATION IDENTITY PROTOCOL STARTED.
+pub fn connections(dump: &ConfigDump) -> Table {
+    let mut t = Table::new(&[
+        "DIRECTION",
+        "SOURCE",
+        "DESTINATION",
+        "SOURCE IDENTITY",
+        "DESTINATION IDENTITY",
+        "PROTOCOL",
+        "STARTED",
+    ]);
+    let id = |i: &Option<String>| {
+        i.clone()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "-".into())
+    };
+    for c in &dump.connections {
+        t.row(vec![
+            c.direction.clone(),
+            c.src.clone(),
+            c.dst.clone(),
+            id(&c.src_identity),
+            id(&c.dst_identity),
+            if c.mutual_tls { "HBONE" } else { "TCP" }.to_string(),
+            c.started.clone(),
+        ]);
+    }
+    t
+}
+
 /// CERTIFICATE NAME TYPE STATUS VALID CERT SERIAL NUMBER NOT AFTER NOT BEFORE.
 pub fn certificates(dump: &ConfigDump, now: OffsetDateTime) -> Table {
     let mut t = Table::new(&[
@@ -249,11 +281,13 @@ pub fn data(dump: &ConfigDump, section: Section, f: &Filter) -> Value {
     };
     let policies = || pick(&raw_elements(&dump.raw, "policies"), &policy_order(dump, f));
     let certificates = || Value::Array(raw_elements(&dump.raw, "certificates"));
+    let connections = || Value::Array(raw_elements(&dump.raw, "connections"));
     match section {
         Section::Workloads => workloads(),
         Section::Services => services(),
         Section::Policies => policies(),
         Section::Certificates => certificates(),
+        Section::Connections => connections(),
         Section::All => {
             let mut all = dump.raw.clone();
             if let Some(o) = all.as_object_mut() {
@@ -261,6 +295,7 @@ pub fn data(dump: &ConfigDump, section: Section, f: &Filter) -> Value {
                 o.insert("services".into(), services());
                 o.insert("policies".into(), policies());
                 o.insert("certificates".into(), certificates());
+                o.insert("connections".into(), connections());
             }
             all
         }

@@ -21,6 +21,7 @@ fn tables_match_golden() {
         (Section::Services, "services.txt"),
         (Section::Policies, "policies.txt"),
         (Section::Certificates, "certificates.txt"),
+        (Section::Connections, "connections.txt"),
         (Section::All, "all.txt"),
     ] {
         assert_golden(name, &rendered(section, &all, Format::Table));
