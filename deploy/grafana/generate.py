@@ -639,6 +639,14 @@ def ztunnel():
                     ts("HBONE handshake failures by reason", [(f"sum by (instance, reason) ({rate('ztunnel_hbone_handshake_failures_total', z)})", "{{instance}} {{reason}}")], "short", "Inbound connections to port 15008 that failed the mTLS handshake (tls) or timed out.", w=8),
                 ],
             ),
+            row(
+                "Process",
+                [
+                    ts("Memory (RSS) by ztunnel", [(f"process_resident_memory_bytes{{{z}}}", "{{instance}}")], "bytes", "Resident memory of each ztunnel process (target: <= 15 MB idle).", w=8),
+                    ts("CPU by ztunnel", [(f"rate(process_cpu_seconds_total{{{z}}}[$__rate_interval])", "{{instance}}")], "percentunit", "CPU seconds per second (1 = one core).", w=8),
+                    ts("Open file descriptors by ztunnel", [(f"process_open_fds{{{z}}}", "{{instance}}")], "short", "Sockets and files held; compare with process_max_fds.", w=8),
+                ],
+            ),
         ],
     )
 

@@ -66,6 +66,16 @@ pub fn install_recorder() -> Result<PrometheusHandle, MonitoringError> {
     Ok(handle.clone())
 }
 
+/// Process metrics (`process_resident_memory_bytes`, CPU, fds), refreshed on each scrape.
+fn process_collector() -> &'static metrics_process::Collector {
+    static COLLECTOR: OnceLock<metrics_process::Collector> = OnceLock::new();
+    COLLECTOR.get_or_init(|| {
+        let c = metrics_process::Collector::default();
+        c.describe();
+        c
+    })
+}
+
 /// What the monitoring endpoints read.
 #[derive(Clone)]
 pub struct MonitoringState {
@@ -134,6 +144,7 @@ fn handle(state: &MonitoringState, req: Request<Incoming>) -> Response<Full<Byte
     }
     match req.uri().path() {
         "/metrics" | "/stats/prometheus" => {
+            process_collector().collect();
             let mut r = text(StatusCode::OK, state.metrics.render());
             r.headers_mut().insert(
                 header::CONTENT_TYPE,

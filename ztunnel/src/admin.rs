@@ -74,6 +74,8 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 pub struct AdminState {
     pub app: Arc<crate::app::Shared>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// Process metrics (`process_resident_memory_bytes`, CPU, fds), refreshed on each scrape.
+    pub process: metrics_process::Collector,
 }
 
 /// Admin routes (localhost only).
@@ -100,6 +102,7 @@ pub fn stats(
 ) -> impl Fn(Request<Incoming>) -> Response<Body> + Clone + Send + Sync + 'static {
     move |req| match req.uri().path() {
         "/metrics" | "/stats/prometheus" => {
+            state.process.collect();
             let mut r = text(StatusCode::OK, state.metrics.render());
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,

@@ -79,9 +79,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         listeners_version: listeners_version.clone(),
         open: proxy.open.clone(),
     });
+    let process = metrics_process::Collector::default();
+    process.describe();
     let admin_state = Arc::new(AdminState {
         app: shared.clone(),
         metrics: prom,
+        process,
     });
 
     // Bind every fixed listener first so a port conflict fails start-up, not a later request.
