@@ -122,6 +122,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningApp> {
     let params = ModelParams {
         trust_domain: cfg.trust_domain.clone(),
         cluster_id: cfg.cluster_id.clone(),
+        root_namespace: cfg.root_namespace.clone(),
     };
     let initial = {
         let (c, p) = (config_rx.borrow().clone(), params.clone());

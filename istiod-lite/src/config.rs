@@ -31,10 +31,14 @@ pub const MONITORING_ADDR: &str = "MONITORING_ADDR";
 pub const PUSH_DEBOUNCE_MS: &str = "PUSH_DEBOUNCE_MS";
 /// Cluster id written into every workload (Istio's CLUSTER_ID).
 pub const CLUSTER_ID: &str = "CLUSTER_ID";
+/// Namespace whose selector-less AuthorizationPolicies and PeerAuthentications apply mesh-wide
+/// (Istio's meshConfig.rootNamespace).
+pub const ROOT_NAMESPACE: &str = "ROOT_NAMESPACE";
 
 const DEFAULT_STATE_DIR: &str = "./.state/istiod";
 const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
+const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
 const DEFAULT_MAX_WORKLOAD_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
 const DEFAULT_PUSH_DEBOUNCE_MS: u64 = 100;
 /// How often CONFIG_DIR is scanned; with the debounce this keeps edit-to-client under 1 s.
@@ -57,6 +61,7 @@ flags (each also read from the environment variable in brackets; a flag wins):
   --monitoring-addr ADDR        [MONITORING_ADDR] default 127.0.0.1:15014
   --push-debounce-ms MS         [PUSH_DEBOUNCE_MS] default 100
   --cluster-id ID               [CLUSTER_ID] default Kubernetes
+  --root-namespace NS           [ROOT_NAMESPACE] mesh-wide security policy namespace; default istio-system
 ";
 
 /// Errors in flags or environment values.
@@ -134,6 +139,8 @@ pub struct Config {
     pub trust_domain: String,
     /// Cluster id written into workloads.
     pub cluster_id: String,
+    /// Namespace of mesh-wide AuthorizationPolicies and PeerAuthentications.
+    pub root_namespace: String,
     /// Maximum workload certificate validity.
     #[serde(serialize_with = "ser_duration")]
     pub max_workload_cert_ttl: Duration,
@@ -164,6 +171,7 @@ impl Config {
             cacerts_dir: None,
             trust_domain: DEFAULT_TRUST_DOMAIN.to_string(),
             cluster_id: DEFAULT_CLUSTER_ID.to_string(),
+            root_namespace: DEFAULT_ROOT_NAMESPACE.to_string(),
             max_workload_cert_ttl: DEFAULT_MAX_WORKLOAD_CERT_TTL,
             xds_plaintext_addr: loopback(15010),
             xds_tls_addr: loopback(15012),
@@ -230,6 +238,16 @@ pub fn parse(args: &[String], env: &dyn Env) -> Result<Command, ConfigError> {
     if let Some(v) = non_empty(CLUSTER_ID) {
         cfg.cluster_id = v;
     }
+    if let Some(v) = non_empty(ROOT_NAMESPACE) {
+        if v.contains('/') || v.contains(char::is_whitespace) {
+            return Err(invalid(
+                ROOT_NAMESPACE,
+                &v,
+                "a namespace name has no '/' or spaces",
+            ));
+        }
+        cfg.root_namespace = v;
+    }
     if let Some(v) = non_empty(MAX_WORKLOAD_CERT_TTL) {
         cfg.max_workload_cert_ttl =
             parse_duration(&v).map_err(|r| invalid(MAX_WORKLOAD_CERT_TTL, &v, &r))?;
@@ -262,6 +280,7 @@ const FLAGS: &[(&str, &str)] = &[
     ("--cacerts-dir", CACERTS_DIR),
     ("--trust-domain", TRUST_DOMAIN),
     ("--cluster-id", CLUSTER_ID),
+    ("--root-namespace", ROOT_NAMESPACE),
     ("--max-workload-cert-ttl", MAX_WORKLOAD_CERT_TTL),
     ("--xds-plaintext-addr", XDS_PLAINTEXT_ADDR),
     ("--xds-tls-addr", XDS_TLS_ADDR),
@@ -386,6 +405,22 @@ mod tests {
         assert_eq!(c.push_debounce, Duration::from_millis(100));
         assert_eq!(c.max_workload_cert_ttl, Duration::from_secs(86400));
         assert!(c.config_dir.is_none());
+        assert_eq!(c.root_namespace, "istio-system");
+    }
+
+    #[test]
+    fn root_namespace_from_env_and_flag() {
+        let c = serve(&[], &[("ROOT_NAMESPACE", "mesh-root")]);
+        assert_eq!(c.root_namespace, "mesh-root");
+        let c = serve(
+            &["--root-namespace", "flag-root"],
+            &[("ROOT_NAMESPACE", "mesh-root")],
+        );
+        assert_eq!(c.root_namespace, "flag-root");
+        let err = parse(&args(&["--root-namespace=a/b"]), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ROOT_NAMESPACE"), "{err}");
     }
 
     #[test]

@@ -2,13 +2,14 @@
 //! previous snapshot precomputed once for all clients.
 
 pub mod authorization;
+pub mod peer_authentication;
 pub mod service;
 pub mod workload;
 
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,7 @@ use mesh_proto::workload::{address, Address};
 use mesh_proto::{to_any, ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
 use tokio::sync::watch;
 
+use self::authorization::{PolicyWarning, POLICY_WARNINGS_TOTAL};
 use crate::source::ConfigSnapshot;
 
 /// Metric: debounced pushes triggered by config changes (Istio's name).
@@ -33,6 +35,10 @@ pub fn describe_metrics() {
     );
     metrics::describe_gauge!(SERVICES, "Services in the model");
     metrics::describe_gauge!(WORKLOADS, "Workloads in the model");
+    metrics::describe_counter!(
+        POLICY_WARNINGS_TOTAL,
+        "Security policies ztunnel enforces differently from what is written (or not at all), by policy"
+    );
 }
 
 /// The types every client is served, in the order they are pushed on a change.
@@ -45,6 +51,8 @@ pub struct ModelParams {
     pub trust_domain: String,
     /// Cluster id (uid prefix and `Workload.cluster_id`).
     pub cluster_id: String,
+    /// Namespace whose selector-less security policies apply mesh-wide.
+    pub root_namespace: String,
 }
 
 /// One resource, encoded once and shared by every client.
@@ -140,6 +148,8 @@ pub struct Snapshot {
     pub created: Instant,
     /// Per type URL.
     pub types: BTreeMap<&'static str, TypeSnapshot>,
+    /// Policy warnings of this generation (each logged and counted once, when it first appears).
+    pub policy_warnings: BTreeSet<PolicyWarning>,
 }
 
 impl Snapshot {
@@ -152,6 +162,7 @@ impl Snapshot {
                 .iter()
                 .map(|t| (*t, TypeSnapshot::default()))
                 .collect(),
+            policy_warnings: BTreeSet::new(),
         }
     }
 
@@ -176,7 +187,9 @@ pub fn build(
     generation: u64,
 ) -> Snapshot {
     let mut addresses = ResourceMap::new();
-    let workloads = workload::translate(cfg, params);
+    let policies = authorization::Policies::build(cfg, &params.root_namespace);
+    let policy_warnings = report_policy_warnings(policies.warnings.clone(), prev);
+    let workloads = workload::translate(cfg, params, &policies);
     let services = service::translate(cfg);
     metrics::gauge!(WORKLOADS).set(workloads.len() as f64);
     metrics::gauge!(SERVICES).set(services.len() as f64);
@@ -193,7 +206,7 @@ pub fn build(
         insert(&mut addresses, Resource::new(ADDRESS_TYPE_URL, name, &addr));
     }
     let mut authz = ResourceMap::new();
-    for (name, a) in authorization::translate(cfg) {
+    for (name, a) in policies.resources {
         insert(&mut authz, Resource::new(AUTHORIZATION_TYPE_URL, name, &a));
     }
 
@@ -211,7 +224,25 @@ pub fn build(
         generation,
         created: Instant::now(),
         types,
+        policy_warnings,
     }
+}
+
+/// Logs and counts the warnings `prev` did not have: every rebuild translates every policy
+/// again, but an operator should hear about a problem once, when it appears.
+fn report_policy_warnings(
+    warnings: Vec<PolicyWarning>,
+    prev: Option<&Snapshot>,
+) -> BTreeSet<PolicyWarning> {
+    let warnings: BTreeSet<PolicyWarning> = warnings.into_iter().collect();
+    for w in &warnings {
+        if prev.is_some_and(|p| p.policy_warnings.contains(w)) {
+            continue;
+        }
+        tracing::warn!(kind = w.kind, policy = %w.policy, field = %w.field, "{}", w.message);
+        metrics::counter!(POLICY_WARNINGS_TOTAL, "policy" => w.policy.clone()).increment(1);
+    }
+    warnings
 }
 
 fn insert(map: &mut ResourceMap, r: Resource) {
@@ -265,11 +296,13 @@ pub async fn run_publisher(
         }
         let cfg = config.borrow_and_update().clone();
         let prev = snapshots.borrow().clone();
+        let prev_for_build = prev.clone();
         let p = params.clone();
         let generation = prev.generation + 1;
         // Translating and encoding thousands of objects is CPU work: keep it off the reactor.
         let built =
-            tokio::task::spawn_blocking(move || build(&cfg, &p, Some(&prev), generation)).await;
+            tokio::task::spawn_blocking(move || build(&cfg, &p, Some(&prev_for_build), generation))
+                .await;
         let snap = match built {
             Ok(s) => s,
             Err(e) => {
@@ -282,6 +315,11 @@ pub async fn run_publisher(
                 generation,
                 "config changed but no xDS resource did; nothing to push"
             );
+            // Still remember new policy warnings (e.g. an AUDIT policy, which sends nothing) so
+            // they are not reported again by the next rebuild. Clients see an empty delta.
+            if snap.policy_warnings != prev.policy_warnings {
+                snapshots.send_replace(Arc::new(snap));
+            }
             continue;
         }
         metrics::counter!(PUSH_TRIGGERS, "type" => "config").increment(1);

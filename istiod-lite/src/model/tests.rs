@@ -75,6 +75,7 @@ fn params() -> ModelParams {
     ModelParams {
         trust_domain: "example.org".into(),
         cluster_id: "Kubernetes".into(),
+        root_namespace: "istio-system".into(),
     }
 }
 
@@ -296,4 +297,97 @@ fn versions_are_content_hashes_and_deltas_are_precise() {
     let v = &s2.get(ADDRESS_TYPE_URL).unwrap().resources["Kubernetes//Pod/amb/client"];
     assert_eq!(parse_version(&v.version_string()), v.version);
     assert_eq!(parse_version("garbage"), UNKNOWN_VERSION);
+}
+
+fn build_from(yaml: &str, prev: Option<&Snapshot>) -> Snapshot {
+    let parsed = parse_file(std::path::Path::new("t.yaml"), yaml);
+    assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+    let generation = prev.map_or(1, |p| p.generation + 1);
+    build(
+        &ConfigSnapshot::from_objects(&parsed.objects),
+        &params(),
+        prev,
+        generation,
+    )
+}
+
+fn names_of(v: &[Arc<str>]) -> Vec<String> {
+    v.iter().map(|n| n.to_string()).collect()
+}
+
+#[test]
+fn policy_changes_push_the_policy_and_the_workloads_that_list_it() {
+    let s1 = snapshot();
+    let policy = "---\nkind: AuthorizationPolicy\nmetadata: {name: deny-client, namespace: plain}\nspec:\n  selector: {matchLabels: {app: server}}\n  action: DENY\n  rules:\n  - from: [{source: {principals: [example.org/ns/amb/sa/client]}}]\n    to: [{operation: {methods: [GET]}}]\n";
+    let s2 = build_from(&format!("{CONFIG}{policy}"), Some(&s1));
+
+    let authz = s2.get(AUTHORIZATION_TYPE_URL).unwrap();
+    let d = authz.delta.as_ref().unwrap();
+    assert_eq!(names_of(&d.updated), vec!["plain/deny-client"]);
+    let a = mesh_proto::security::Authorization::decode(
+        authz.resources["plain/deny-client"].any.value.as_slice(),
+    )
+    .unwrap();
+    assert_eq!(a.scope(), mesh_proto::security::Scope::WorkloadSelector);
+    // Both pods labelled app=server are re-sent, now listing the policy.
+    let d = s2.get(ADDRESS_TYPE_URL).unwrap().delta.as_ref().unwrap();
+    assert_eq!(
+        names_of(&d.updated),
+        vec![
+            "Kubernetes//Pod/plain/legacy",
+            "Kubernetes//Pod/plain/server"
+        ]
+    );
+    assert_eq!(
+        workload(&s2, "plain", "server").authorization_policies,
+        vec!["plain/deny-client"]
+    );
+    assert!(workload(&s2, "amb", "client")
+        .authorization_policies
+        .is_empty());
+    // The HTTP field is reported (once per generation it appears in).
+    let w: Vec<_> = s2
+        .policy_warnings
+        .iter()
+        .map(|w| w.field.as_str())
+        .collect();
+    assert_eq!(w, vec!["spec.rules[0].to[0].operation.methods"]);
+    let again = build_from(&format!("{CONFIG}{policy}"), Some(&s2));
+    assert!(!again.has_changes());
+    assert_eq!(again.policy_warnings, s2.policy_warnings);
+
+    // Deleting the policy removes it and re-sends the workloads without it.
+    let s3 = build_from(CONFIG, Some(&s2));
+    let d = s3
+        .get(AUTHORIZATION_TYPE_URL)
+        .unwrap()
+        .delta
+        .as_ref()
+        .unwrap();
+    assert_eq!(names_of(&d.removed), vec!["plain/deny-client"]);
+    assert!(workload(&s3, "plain", "server")
+        .authorization_policies
+        .is_empty());
+    assert!(s3.policy_warnings.is_empty());
+}
+
+#[test]
+fn mesh_wide_strict_is_listed_by_every_workload() {
+    let pa = "---\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n";
+    let s = build_from(&format!("{CONFIG}{pa}"), None);
+    let names: Vec<_> = s
+        .get(AUTHORIZATION_TYPE_URL)
+        .unwrap()
+        .resources
+        .keys()
+        .map(|k| k.to_string())
+        .collect();
+    assert_eq!(names, vec!["istio-system/istio_converted_static_strict"]);
+    for (ns, pod) in [("amb", "client"), ("plain", "server"), ("plain", "legacy")] {
+        assert_eq!(
+            workload(&s, ns, pod).authorization_policies,
+            vec!["istio-system/istio_converted_static_strict"],
+            "{ns}/{pod}"
+        );
+    }
 }

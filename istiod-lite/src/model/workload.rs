@@ -5,6 +5,7 @@ use std::net::IpAddr;
 
 use mesh_proto::workload::{PortList, TunnelProtocol, Workload, WorkloadStatus, WorkloadType};
 
+use super::authorization::Policies;
 use super::service::{hostname, resolve_port, service_key};
 use super::ModelParams;
 use crate::source::{ConfigSnapshot, Pod};
@@ -75,8 +76,14 @@ fn ip_bytes(ip: IpAddr) -> Vec<u8> {
     }
 }
 
-/// Translates one pod; `None` when it has no IP yet or has terminated.
-pub fn translate_pod(cfg: &ConfigSnapshot, params: &ModelParams, pod: &Pod) -> Option<Workload> {
+/// Translates one pod; `None` when it has no IP yet or has terminated. `policies` gives the
+/// selector-scoped and PeerAuthentication policies it lists.
+pub fn translate_pod(
+    cfg: &ConfigSnapshot,
+    params: &ModelParams,
+    policies: &Policies,
+    pod: &Pod,
+) -> Option<Workload> {
     let ip = pod.status.ip?;
     if pod.is_terminated() {
         return None;
@@ -126,6 +133,7 @@ pub fn translate_pod(cfg: &ConfigSnapshot, params: &ModelParams, pod: &Pod) -> O
         canonical_revision: canonical_revision(pod),
         workload_name: name.clone(),
         services,
+        authorization_policies: policies.for_workload(ns, &pod.metadata.labels),
         cluster_id: params.cluster_id.clone(),
         ..Default::default()
     };
@@ -140,11 +148,15 @@ pub fn translate_pod(cfg: &ConfigSnapshot, params: &ModelParams, pod: &Pod) -> O
 }
 
 /// All workloads of the config, keyed by uid.
-pub fn translate(cfg: &ConfigSnapshot, params: &ModelParams) -> Vec<(String, Workload)> {
+pub fn translate(
+    cfg: &ConfigSnapshot,
+    params: &ModelParams,
+    policies: &Policies,
+) -> Vec<(String, Workload)> {
     cfg.pods
         .values()
         .filter_map(|pod| {
-            let w = translate_pod(cfg, params, pod);
+            let w = translate_pod(cfg, params, policies, pod);
             if w.is_none() {
                 tracing::debug!(namespace = pod.metadata.ns(), pod = %pod.metadata.name, "pod without podIP (or terminated) not pushed");
             }

@@ -2,7 +2,7 @@
 //!
 //! Adding a kind: write its struct, implement [`Kind`] (validation of the fields serde cannot
 //! check), add a variant to [`Object`] and an arm to [`decode_kind`]; then index it in
-//! [`super::ConfigSnapshot`].
+//! [`super::ConfigSnapshot`]. The `security.istio.io` kinds live in [`super::security`].
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -10,6 +10,8 @@ use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
+
+use super::security::{AuthorizationPolicy, PeerAuthentication, SECURITY_GROUP, SECURITY_VERSIONS};
 
 /// A field-level problem in one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,7 +33,7 @@ impl FieldError {
 }
 
 /// Accepts `null` where a list or map is expected (`labels:` with nothing under it).
-fn null_default<'de, D, T>(d: D) -> Result<T, D::Error>
+pub(crate) fn null_default<'de, D, T>(d: D) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
     T: Default + Deserialize<'de>,
@@ -54,6 +56,10 @@ pub struct ObjectMeta {
     /// Annotations.
     #[serde(default, deserialize_with = "null_default")]
     pub annotations: BTreeMap<String, String>,
+    /// RFC 3339 creation time, when written (the oldest of conflicting PeerAuthentications
+    /// wins, as in Istio; an absent time counts as oldest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation_timestamp: Option<String>,
 }
 
 impl ObjectMeta {
@@ -378,6 +384,10 @@ pub enum Object {
     Service(Arc<Service>),
     /// A ServiceAccount.
     ServiceAccount(Arc<ServiceAccount>),
+    /// A security.istio.io AuthorizationPolicy.
+    AuthorizationPolicy(Arc<AuthorizationPolicy>),
+    /// A security.istio.io PeerAuthentication.
+    PeerAuthentication(Arc<PeerAuthentication>),
 }
 
 impl From<Namespace> for Object {
@@ -400,6 +410,16 @@ impl From<ServiceAccount> for Object {
         Object::ServiceAccount(Arc::new(v))
     }
 }
+impl From<AuthorizationPolicy> for Object {
+    fn from(v: AuthorizationPolicy) -> Self {
+        Object::AuthorizationPolicy(Arc::new(v))
+    }
+}
+impl From<PeerAuthentication> for Object {
+    fn from(v: PeerAuthentication) -> Self {
+        Object::PeerAuthentication(Arc::new(v))
+    }
+}
 
 impl Object {
     /// The `kind:` string.
@@ -409,6 +429,8 @@ impl Object {
             Object::Pod(_) => Pod::KIND,
             Object::Service(_) => Service::KIND,
             Object::ServiceAccount(_) => ServiceAccount::KIND,
+            Object::AuthorizationPolicy(_) => AuthorizationPolicy::KIND,
+            Object::PeerAuthentication(_) => PeerAuthentication::KIND,
         }
     }
 
@@ -419,6 +441,8 @@ impl Object {
             Object::Pod(o) => &o.metadata,
             Object::Service(o) => &o.metadata,
             Object::ServiceAccount(o) => &o.metadata,
+            Object::AuthorizationPolicy(o) => &o.metadata,
+            Object::PeerAuthentication(o) => &o.metadata,
         }
     }
 }
@@ -430,6 +454,31 @@ pub fn decode_kind(kind: &str, value: serde_yaml_ng::Value) -> Result<Option<Obj
         Pod::KIND => decode::<Pod>(value).map(Some),
         Service::KIND => decode::<Service>(value).map(Some),
         ServiceAccount::KIND => decode::<ServiceAccount>(value).map(Some),
+        AuthorizationPolicy::KIND | PeerAuthentication::KIND => {
+            // Other meshes have kinds of the same name (Linkerd's AuthorizationPolicy): only
+            // Istio's group is ours; another group is ignored like any unknown kind.
+            match value
+                .get("apiVersion")
+                .and_then(serde_yaml_ng::Value::as_str)
+            {
+                None => {}
+                Some(v) => match v.split_once('/') {
+                    Some((SECURITY_GROUP, version)) if SECURITY_VERSIONS.contains(&version) => {}
+                    Some((SECURITY_GROUP, _)) => {
+                        return Err(FieldError::new(
+                            "apiVersion",
+                            format!("{v} is not supported; use {SECURITY_GROUP}/v1 (or v1beta1)"),
+                        ))
+                    }
+                    _ => return Ok(None),
+                },
+            }
+            if kind == AuthorizationPolicy::KIND {
+                decode::<AuthorizationPolicy>(value).map(Some)
+            } else {
+                decode::<PeerAuthentication>(value).map(Some)
+            }
+        }
         _ => Ok(None),
     }
 }

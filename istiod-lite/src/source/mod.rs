@@ -5,6 +5,7 @@
 
 pub mod kinds;
 pub mod parse;
+pub mod security;
 mod watch;
 
 use std::collections::BTreeMap;
@@ -15,6 +16,7 @@ use serde::Serialize;
 
 pub use self::kinds::{Namespace, Object, ObjectMeta, Pod, Service, ServiceAccount};
 pub use self::parse::{parse_file, ConfigError};
+pub use self::security::{AuthorizationPolicy, PeerAuthentication};
 pub use self::watch::{ConfigWatcher, FileStore};
 
 /// Metric: invalid objects skipped, by kind.
@@ -73,6 +75,12 @@ pub struct ConfigSnapshot {
     /// ServiceAccounts.
     #[serde(serialize_with = "ser_keyed")]
     pub service_accounts: BTreeMap<ObjectKey, Arc<ServiceAccount>>,
+    /// AuthorizationPolicies.
+    #[serde(serialize_with = "ser_keyed")]
+    pub authorization_policies: BTreeMap<ObjectKey, Arc<AuthorizationPolicy>>,
+    /// PeerAuthentications.
+    #[serde(serialize_with = "ser_keyed")]
+    pub peer_authentications: BTreeMap<ObjectKey, Arc<PeerAuthentication>>,
     /// Objects currently skipped because they are invalid.
     pub errors: Vec<ConfigError>,
     /// Files read.
@@ -107,6 +115,14 @@ impl ConfigSnapshot {
                     .is_some(),
                 Object::ServiceAccount(o) => s
                     .service_accounts
+                    .insert(ObjectKey::of(&o.metadata), o.clone())
+                    .is_some(),
+                Object::AuthorizationPolicy(o) => s
+                    .authorization_policies
+                    .insert(ObjectKey::of(&o.metadata), o.clone())
+                    .is_some(),
+                Object::PeerAuthentication(o) => s
+                    .peer_authentications
                     .insert(ObjectKey::of(&o.metadata), o.clone())
                     .is_some(),
             };

@@ -318,6 +318,7 @@ mod tests {
         let params = ModelParams {
             trust_domain: "cluster.local".into(),
             cluster_id: "Kubernetes".into(),
+            root_namespace: "istio-system".into(),
         };
         model::build(&cfg, &params, prev, prev.map_or(1, |p| p.generation + 1))
     }

@@ -4,4 +4,5 @@
 mod ca;
 mod debug;
 mod harness;
+mod policy;
 mod xds;

@@ -20,6 +20,7 @@ use mesh_e2e::{in_ci, skip, Mesh, MeshOptions, Topology, CLIENT_SPIFFE, SERVER_S
 
 const TEST_NAME: &str = "outbound_capture_on_15001_with_iptables_redirect";
 const PLAINTEXT_TEST: &str = "inbound_plaintext_capture_on_15006";
+const STRICT_TEST: &str = "strict_peer_authentication_refuses_plaintext_on_15006";
 
 #[test]
 fn outbound_capture_on_15001_with_iptables_redirect() {
@@ -35,6 +36,14 @@ fn inbound_plaintext_capture_on_15006() {
         return plaintext_inside_the_namespace();
     }
     run_in_namespace(PLAINTEXT_TEST);
+}
+
+#[test]
+fn strict_peer_authentication_refuses_plaintext_on_15006() {
+    if netns::inside().is_some() {
+        return strict_inside_the_namespace();
+    }
+    run_in_namespace(STRICT_TEST);
 }
 
 /// Re-runs `test` inside a fresh network namespace (root), or skips with a reason.
@@ -149,6 +158,27 @@ fn inside_the_namespace() {
 }
 
 fn plaintext_inside_the_namespace() {
+    plaintext_scenario(false)
+}
+
+fn strict_inside_the_namespace() {
+    plaintext_scenario(true)
+}
+
+const STRICT_DEMO_B: &str = r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata:
+  name: strict
+  namespace: demo-b
+spec:
+  mtls:
+    mode: STRICT
+"#;
+
+/// Plaintext from outside the mesh to the server pod, captured on 15006: accepted (PERMISSIVE,
+/// the default) or, with `strict`, refused while mTLS from the client pod still works.
+fn plaintext_scenario(strict: bool) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -190,6 +220,9 @@ fn plaintext_inside_the_namespace() {
             ]))?;
             let app = EchoServer::start(SERVER_IP.into(), APP_PORT).await?;
             let outsider: std::net::IpAddr = "127.0.3.5".parse()?;
+            if strict {
+                return strict_checks(&mesh, &app, outsider).await;
+            }
             let mut s = connect_from(outsider, SocketAddr::new(SERVER_IP.into(), APP_PORT)).await?;
             apps::echo_roundtrip(&mut s, b"plaintext from outside the mesh").await?;
             drop(s);
@@ -211,4 +244,55 @@ fn plaintext_inside_the_namespace() {
         })
         .await;
     });
+}
+
+async fn strict_checks(
+    mesh: &Mesh,
+    app: &EchoServer,
+    outsider: std::net::IpAddr,
+) -> anyhow::Result<()> {
+    mesh.write_config("strict", STRICT_DEMO_B)?;
+    let node2 = mesh.ztunnel("node2");
+    mesh_e2e::eventually(
+        "node2 received the STRICT policy",
+        std::time::Duration::from_secs(10),
+        std::time::Duration::from_millis(25),
+        || async {
+            let dump = node2.config_dump().await?;
+            Ok(dump["policies"]
+                .as_array()
+                .is_some_and(|p| !p.is_empty())
+                .then_some(()))
+        },
+    )
+    .await?;
+    // Plaintext is refused: the connection is closed without reaching the app.
+    let mut s = connect_from(outsider, SocketAddr::new(SERVER_IP.into(), APP_PORT)).await?;
+    let refused = apps::echo_roundtrip(&mut s, b"plaintext under STRICT").await;
+    anyhow::ensure!(refused.is_err(), "plaintext was echoed under STRICT");
+    anyhow::ensure!(
+        !app.peers().iter().any(|p| p.ip() == outsider),
+        "the app saw the plaintext client under STRICT: {:?}",
+        app.peers()
+    );
+    node2
+        .wait_for_count(
+            "istio_tcp_connections_failed_total",
+            &[
+                ("reporter", "destination"),
+                ("response_flags", "DENY"),
+                ("connection_security_policy", "unknown"),
+            ],
+            1.0,
+        )
+        .await?;
+    // mTLS from the client pod over HBONE still works.
+    let mut t = mesh
+        .ztunnel("node1")
+        .socks(
+            CLIENT_IP,
+            &mesh_e2e::socks5::Dest::Addr(SocketAddr::new(SERVER_IP.into(), APP_PORT)),
+        )
+        .await?;
+    apps::echo_roundtrip(&mut t, b"mTLS under STRICT").await
 }
