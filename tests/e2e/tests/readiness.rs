@@ -72,8 +72,17 @@ async fn not_ready_without_control_plane_or_with_another_nodes_token() {
             ("unreachable control plane", &lonely),
             ("another node's token", &impostor),
         ] {
-            z.check_running()?;
-            let r = http::get(z.readiness, "/healthz/ready").await?;
+            // Under load a process may not have bound its readiness port yet: wait for an answer.
+            let r = eventually(
+                &format!("{what}: readiness endpoint answering"),
+                Duration::from_secs(30),
+                Duration::from_millis(25),
+                || async {
+                    z.check_running()?;
+                    Ok(http::get(z.readiness, "/healthz/ready").await.ok())
+                },
+            )
+            .await?;
             println!("{what}: {} {}", r.status, r.body.trim());
             anyhow::ensure!(
                 r.status == 500,
@@ -82,10 +91,13 @@ async fn not_ready_without_control_plane_or_with_another_nodes_token() {
                 r.body.trim()
             );
         }
-        anyhow::ensure!(
-            mesh.istiod_log().contains("NODE_NAME"),
-            "istiod-lite did not log why it refused the impostor's xDS stream"
-        );
+        eventually(
+            "istiod-lite logging why it refused the impostor's xDS stream",
+            Duration::from_secs(30),
+            Duration::from_millis(25),
+            || async { Ok(mesh.istiod_log().contains("NODE_NAME").then_some(())) },
+        )
+        .await?;
         Ok(())
     })
     .await;
