@@ -13,6 +13,7 @@ command -v curl >/dev/null 2>&1 || missing_apt+=(curl)
 command -v iptables >/dev/null 2>&1 || missing_apt+=(iptables)
 command -v iperf3 >/dev/null 2>&1 || missing_apt+=(iperf3)
 [ -x /usr/bin/prometheus ] || missing_apt+=(prometheus)  # the dashboard test scrapes the mesh with it
+command -v dig >/dev/null 2>&1 || missing_apt+=(dnsutils)  # the DNS proxy test checks answers with dig
 command -v ip >/dev/null 2>&1 || missing_apt+=(iproute2)
 if ! command -v python3 >/dev/null 2>&1; then
     missing_apt+=(python3 python3-pip)

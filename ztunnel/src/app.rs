@@ -140,6 +140,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         ));
     }
 
+    if let Some(addr) = cfg.dns_proxy_addr {
+        let resolv_conf = std::path::Path::new(crate::dns::RESOLV_CONF);
+        let mut dns_cfg =
+            crate::dns::DnsConfig::new(addr, crate::dns::read_resolv_conf(resolv_conf)?);
+        dns_cfg.packet_mark = cfg.packet_mark;
+        let dns = crate::dns::DnsProxy::bind(state.clone(), dns_cfg).await?;
+        tokio::spawn(dns.run(shutdown.clone()));
+    }
     let xds = XdsClient::new(cfg.clone(), state.clone(), readiness.clone());
     if cfg.xds_address.is_empty() {
         anyhow::bail!("XDS_ADDRESS is empty: ztunnel has no other source of workloads");

@@ -25,6 +25,9 @@ pub mod env {
     pub const SOCKS5_ADDR: &str = "SOCKS5_ADDR";
     pub const OUTBOUND_ADDR: &str = "OUTBOUND_ADDR";
     pub const INBOUND_PLAINTEXT_ADDR: &str = "INBOUND_PLAINTEXT_ADDR";
+    pub const DNS_PROXY_ADDR: &str = "DNS_PROXY_ADDR";
+    /// Istio's name for [`DNS_PROXY_ADDR`], read when that is unset.
+    pub const ISTIO_META_DNS_PROXY_ADDR: &str = "ISTIO_META_DNS_PROXY_ADDR";
     pub const HBONE_PORT: &str = "HBONE_PORT";
     pub const PACKET_MARK: &str = "PACKET_MARK";
     pub const DRAIN_DURATION: &str = "TERMINATION_GRACE_PERIOD_SECONDS";
@@ -88,6 +91,8 @@ pub struct Config {
     pub socks5_addr: Option<SocketAddr>,
     pub outbound_addr: Option<SocketAddr>,
     pub inbound_plaintext_addr: Option<SocketAddr>,
+    /// DNS proxy (UDP and TCP); off unless set (explicit mode).
+    pub dns_proxy_addr: Option<SocketAddr>,
     /// Port of the per-workload HBONE listeners (15008; only tests change it).
     pub hbone_port: u16,
     /// SO_MARK for every socket ztunnel creates towards workloads (needs CAP_NET_ADMIN).
@@ -256,6 +261,10 @@ impl Config {
             socks5_addr: addr(src, env::SOCKS5_ADDR, "127.0.0.1:15080")?,
             outbound_addr: addr(src, env::OUTBOUND_ADDR, "[::]:15001")?,
             inbound_plaintext_addr: addr(src, env::INBOUND_PLAINTEXT_ADDR, "[::]:15006")?,
+            dns_proxy_addr: match src.get(env::DNS_PROXY_ADDR) {
+                Some(_) => addr(src, env::DNS_PROXY_ADDR, "")?,
+                None => addr(src, env::ISTIO_META_DNS_PROXY_ADDR, "")?,
+            },
             hbone_port: num(src, env::HBONE_PORT, 15008u16)?,
             packet_mark,
             drain_duration: duration(src, env::DRAIN_DURATION, Duration::from_secs(5))?,
@@ -314,6 +323,21 @@ mod tests {
         assert!(e.to_string().contains("STATS_ADDR"), "{e}");
         let e = Config::from_source(&map(&[])).expect_err("missing node");
         assert!(e.to_string().contains("NODE_NAME"), "{e}");
+    }
+
+    #[test]
+    fn dns_proxy_is_off_by_default_and_takes_istios_name() {
+        let c = Config::from_source(&map(&[("NODE_NAME", "n1")])).expect("config");
+        assert_eq!(c.dns_proxy_addr, None);
+        let istio = ("ISTIO_META_DNS_PROXY_ADDR", "127.0.0.1:15053");
+        let c = Config::from_source(&map(&[("NODE_NAME", "n1"), istio])).expect("config");
+        assert_eq!(
+            c.dns_proxy_addr,
+            Some("127.0.0.1:15053".parse().expect("addr"))
+        );
+        let c = Config::from_source(&map(&[("NODE_NAME", "n1"), ("DNS_PROXY_ADDR", ""), istio]))
+            .expect("config");
+        assert_eq!(c.dns_proxy_addr, None, "DNS_PROXY_ADDR wins, empty = off");
     }
 
     #[test]

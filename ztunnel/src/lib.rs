@@ -2,6 +2,7 @@
 //! carries its TCP traffic over HBONE tunnels.
 //!
 //! - [`config`]: settings from the environment (Istio's names)
+//! - [`dns`]: DNS proxy (15053): mesh Service names answered with their VIPs, the rest forwarded
 //! - [`state`]: workloads, services and policies from xDS, indexed for the data path
 //! - [`xds`]: delta ADS client
 //! - [`identity`]: per-workload certificates from the CA, rotated at half life
@@ -14,6 +15,7 @@ pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod dns;
 pub mod identity;
 pub mod metrics;
 pub mod proxy;

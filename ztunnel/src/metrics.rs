@@ -250,7 +250,12 @@ fn access_log(
 pub fn install(
 ) -> Result<metrics_exporter_prometheus::PrometheusHandle, metrics_exporter_prometheus::BuildError>
 {
-    let handle = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(crate::dns::UPSTREAM_DURATION.into()),
+            &crate::dns::UPSTREAM_DURATION_BUCKETS,
+        )?
+        .install_recorder()?;
     metrics::gauge!("istio_build", "component" => "ztunnel", "tag" => env!("CARGO_PKG_VERSION"))
         .set(1.0);
     Ok(handle)
