@@ -173,6 +173,8 @@ pub struct ZtunnelOverrides {
     pub xds_address: Option<String>,
     /// Use this node's token file instead of its own (the token must exist: see [`Mesh::write_token`]).
     pub token_of: Option<String>,
+    /// Extra environment variables (e.g. `DNS_PROXY_ADDR`).
+    pub env: Vec<(String, String)>,
 }
 
 /// istiod-lite + ztunnels + a temp dir with config, state, tokens and logs. Killed on drop;
@@ -447,6 +449,9 @@ impl Mesh {
                     .unwrap_or_default(),
             )
             .env("RUST_LOG", log_level());
+        for (k, v) in &o.env {
+            cmd.env(k, v);
+        }
         let log = self.dir.join("logs").join(format!("ztunnel-{node}.log"));
         let process = Process::spawn(&format!("ztunnel {node}"), cmd, &log)?;
         Ok(Ztunnel {
