@@ -1,0 +1,13 @@
+//! ambient-rs chained CNI plugin. See docs/cni.md.
+
+#![forbid(unsafe_code)]
+
+mod agent;
+mod app;
+mod config;
+mod error;
+mod rules;
+
+fn main() {
+    std::process::exit(app::main(&config::ProcessEnv));
+}
