@@ -25,26 +25,8 @@ pub const DEFAULT_AGENT_SOCKET: &str = "/var/run/ambient-rs/cni.sock";
 /// CNI spec versions this plugin speaks.
 pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 
-/// Source of environment variables; tests pass a map instead of the process environment.
-pub trait Env {
-    /// The value of `key`, if set.
-    fn get(&self, key: &str) -> Option<String>;
-}
-
-/// The process environment.
-pub struct ProcessEnv;
-
-impl Env for ProcessEnv {
-    fn get(&self, key: &str) -> Option<String> {
-        std::env::var(key).ok()
-    }
-}
-
-impl Env for HashMap<String, String> {
-    fn get(&self, key: &str) -> Option<String> {
-        HashMap::get(self, key).cloned()
-    }
-}
+/// Source of environment variables (tests pass a map); shared with the other binaries.
+pub use mesh_config::{ProcessEnv, Source as Env};
 
 /// The CNI operation requested by the runtime.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

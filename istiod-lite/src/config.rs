@@ -91,26 +91,8 @@ pub enum ConfigError {
     Help,
 }
 
-/// Source of environment variables; the process environment in production, a map in tests.
-pub trait Env {
-    /// Value of `key`, if set.
-    fn get(&self, key: &str) -> Option<String>;
-}
-
-/// The real process environment.
-pub struct ProcessEnv;
-
-impl Env for ProcessEnv {
-    fn get(&self, key: &str) -> Option<String> {
-        std::env::var(key).ok()
-    }
-}
-
-impl Env for HashMap<String, String> {
-    fn get(&self, key: &str) -> Option<String> {
-        HashMap::get(self, key).cloned()
-    }
-}
+/// Source of environment variables (tests pass a map); shared with the other binaries.
+pub use mesh_config::{ProcessEnv, Source as Env};
 
 /// What the command line asks for.
 #[derive(Debug, Clone)]
@@ -333,44 +315,7 @@ fn parse_addr(name: &str, v: &str) -> Result<SocketAddr, ConfigError> {
     })
 }
 
-/// Parses "86400", "86400s", "24h", "1h30m", "500ms" (bare numbers are seconds).
-pub fn parse_duration(v: &str) -> Result<Duration, String> {
-    let v = v.trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = v;
-    if rest.is_empty() {
-        return Err("empty duration".into());
-    }
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            return Err("expected a number before each unit, e.g. 24h or 90m".into());
-        }
-        let n: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| "number too large".to_string())?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        total += match unit {
-            "h" => Duration::from_secs(n * 3600),
-            "m" => Duration::from_secs(n * 60),
-            "s" => Duration::from_secs(n),
-            "ms" => Duration::from_millis(n),
-            "" => return Err("missing unit (h, m, s or ms)".into()),
-            other => return Err(format!("unknown unit {other:?} (use h, m, s or ms)")),
-        };
-    }
-    Ok(total)
-}
+pub use mesh_config::parse_duration;
 
 #[cfg(test)]
 mod tests {

@@ -137,25 +137,12 @@ pub struct StatArgs {
 
 /// Parses `250ms`, `5s`, `2m`, `1h`, or plain seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (e.g. 500ms, 5s, 1m)"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "" | "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("{s:?}: unit must be ms, s, m or h")),
-    };
-    if !secs.is_finite() || secs <= 0.0 {
+    let d = mesh_config::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration (e.g. 500ms, 5s, 1m): {e}"))?;
+    if d.is_zero() {
         return Err(format!("{s:?} must be more than zero"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    Ok(d)
 }
 
 #[cfg(test)]

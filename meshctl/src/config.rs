@@ -1,7 +1,6 @@
 //! Where the components are: flags first, then environment variables, then Istio's default
 //! ports on loopback. The environment is read through [`Source`] so tests pass a map.
 
-use std::collections::HashMap;
 use std::str::FromStr;
 
 use serde::Serialize;
@@ -29,26 +28,8 @@ pub const DEFAULT_READINESS_PORT: u16 = 15021;
 /// ztunnel's metrics port (Istio's 15020).
 pub const DEFAULT_STATS_PORT: u16 = 15020;
 
-/// Where configuration values come from.
-pub trait Source {
-    /// The value of `key`, if set.
-    fn get(&self, key: &str) -> Option<String>;
-}
-
-/// The process environment.
-pub struct ProcessEnv;
-
-impl Source for ProcessEnv {
-    fn get(&self, key: &str) -> Option<String> {
-        std::env::var(key).ok()
-    }
-}
-
-impl Source for HashMap<String, String> {
-    fn get(&self, key: &str) -> Option<String> {
-        HashMap::get(self, key).cloned()
-    }
-}
+/// Where configuration values come from (tests pass a map); shared with the other binaries.
+pub use mesh_config::{ProcessEnv, Source};
 
 /// Normalises `http://host:port/` or `host:port` to `host:port`; refuses https and bare hosts.
 pub fn normalize_addr(raw: &str, what: &str) -> Result<String, Error> {
@@ -179,6 +160,7 @@ pub fn prometheus(flag: Option<&str>, src: &dyn Source) -> Result<Option<Prometh
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     fn env(kv: &[(&str, &str)]) -> HashMap<String, String> {
         kv.iter()

@@ -1,7 +1,6 @@
 //! Runtime configuration, read once at start from the environment (Istio's variable names where
 //! an Istio user would look for them) and passed down.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -52,24 +51,8 @@ pub enum ConfigError {
     Missing(&'static str),
 }
 
-/// Where configuration values come from; tests pass a map instead of the process environment.
-pub trait Source {
-    fn get(&self, key: &str) -> Option<String>;
-}
-
-/// The process environment.
-pub struct Env;
-impl Source for Env {
-    fn get(&self, key: &str) -> Option<String> {
-        std::env::var(key).ok()
-    }
-}
-
-impl Source for HashMap<String, String> {
-    fn get(&self, key: &str) -> Option<String> {
-        HashMap::get(self, key).cloned()
-    }
-}
+/// Where configuration values come from (tests pass a map); shared with the other binaries.
+pub use mesh_config::{ProcessEnv, Source};
 
 /// Everything ztunnel needs to know at start.
 #[derive(Clone, Debug, Serialize)]
@@ -124,19 +107,7 @@ mod secs {
     }
 }
 
-/// Parses "90", "90s", "15m", "24h" as a duration.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let (num, mult) = match s.char_indices().last()? {
-        (i, 's') => (&s[..i], 1),
-        (i, 'm') => (&s[..i], 60),
-        (i, 'h') => (&s[..i], 3600),
-        _ => (s, 1),
-    };
-    num.parse::<u64>()
-        .ok()
-        .map(|n| Duration::from_secs(n * mult))
-}
+pub use mesh_config::parse_duration;
 
 fn addr(
     src: &dyn Source,
@@ -181,10 +152,10 @@ fn duration(
 ) -> Result<Duration, ConfigError> {
     match src.get(var) {
         None => Ok(default),
-        Some(v) => parse_duration(&v).ok_or(ConfigError::Invalid {
+        Some(v) => parse_duration(&v).map_err(|reason| ConfigError::Invalid {
             var,
             value: v,
-            reason: "expected e.g. 30s, 5m or 24h".into(),
+            reason,
         }),
     }
 }
@@ -291,6 +262,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     fn map(kv: &[(&str, &str)]) -> HashMap<String, String> {
         kv.iter()
@@ -341,10 +313,12 @@ mod tests {
     }
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("24h"), Some(Duration::from_secs(86400)));
-        assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
-        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
-        assert_eq!(parse_duration("x"), None);
+    fn durations_name_the_variable() {
+        let c = Config::from_source(&map(&[("NODE_NAME", "n1"), ("SECRET_TTL", "12h")]))
+            .expect("config");
+        assert_eq!(c.secret_ttl, Duration::from_secs(12 * 3600));
+        let e = Config::from_source(&map(&[("NODE_NAME", "n1"), ("SECRET_TTL", "x")]))
+            .expect_err("invalid");
+        assert!(e.to_string().contains("SECRET_TTL"), "{e}");
     }
 }

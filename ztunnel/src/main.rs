@@ -11,7 +11,7 @@ fn main() -> anyhow::Result<()> {
         )
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
-    let cfg = ztunnel::config::Config::from_source(&ztunnel::config::Env)
+    let cfg = ztunnel::config::Config::from_source(&ztunnel::config::ProcessEnv)
         .context("invalid configuration")?;
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cfg.worker_threads)
