@@ -642,9 +642,9 @@ def ztunnel():
             row(
                 "Process",
                 [
-                    ts("Memory (RSS) by ztunnel", [(f"process_resident_memory_bytes{{{z}}}", "{{instance}}")], "bytes", "Resident memory of each ztunnel process (target: <= 15 MB idle).", w=8),
-                    ts("CPU by ztunnel", [(f"rate(process_cpu_seconds_total{{{z}}}[$__rate_interval])", "{{instance}}")], "percentunit", "CPU seconds per second (1 = one core).", w=8),
-                    ts("Open file descriptors by ztunnel", [(f"process_open_fds{{{z}}}", "{{instance}}")], "short", "Sockets and files held; compare with process_max_fds.", w=8),
+                    ts("Memory (RSS) by ztunnel", [(f"process_resident_memory_bytes{{{z}}} * on (instance) group_left istio_build{{{zb}}}", "{{instance}}")], "bytes", "Resident memory of each ztunnel process (target: <= 15 MB idle).", w=8),
+                    ts("CPU by ztunnel", [(f"rate(process_cpu_seconds_total{{{z}}}[$__rate_interval]) * on (instance) group_left istio_build{{{zb}}}", "{{instance}}")], "percentunit", "CPU seconds per second (1 = one core).", w=8),
+                    ts("Open file descriptors by ztunnel", [(f"process_open_fds{{{z}}} * on (instance) group_left istio_build{{{zb}}}", "{{instance}}")], "short", "Sockets and files held; compare with process_max_fds.", w=8),
                 ],
             ),
         ],
