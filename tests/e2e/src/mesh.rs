@@ -101,6 +101,11 @@ impl Ztunnel {
             .check_running()
     }
 
+    /// Waits until `/healthz/ready` answers 200 (fails with the last answer, or if the process exits).
+    pub async fn wait_ready(&self) -> anyhow::Result<()> {
+        wait_ztunnel_ready(self).await
+    }
+
     /// Scrapes `/metrics`.
     pub async fn metrics(&self) -> anyhow::Result<Metrics> {
         let r = http::get(self.stats, "/metrics").await?;

@@ -85,13 +85,18 @@ fn run_in_namespace(test: &str) {
     );
 }
 
-fn inside_the_namespace() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
+/// Runs a test body on a fresh two-thread runtime (the inner, in-namespace half of a test).
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .expect("runtime");
-    rt.block_on(async {
+        .expect("runtime")
+        .block_on(f)
+}
+
+fn inside_the_namespace() {
+    block_on(async {
         let mut options = MeshOptions {
             lock: false,
             ..Default::default()
@@ -179,12 +184,7 @@ spec:
 /// Plaintext from outside the mesh to the server pod, captured on 15006: accepted (PERMISSIVE,
 /// the default) or, with `strict`, refused while mTLS from the client pod still works.
 fn plaintext_scenario(strict: bool) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
+    block_on(async {
         let mut options = MeshOptions {
             lock: false,
             packet_mark: Some(0x539),

@@ -3,12 +3,11 @@
 
 use std::net::Ipv4Addr;
 use std::process::Command;
-use std::time::Duration;
 
 use mesh_e2e::mesh::free_addr;
 use mesh_e2e::netns::have;
 use mesh_e2e::topology::SERVER_VIP;
-use mesh_e2e::{eventually, http, skip, Mesh, MeshOptions, Topology, ZtunnelOverrides};
+use mesh_e2e::{skip, Mesh, MeshOptions, Topology, ZtunnelOverrides};
 
 fn dig(server: std::net::SocketAddr, source: &str, args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new("dig")
@@ -51,20 +50,7 @@ async fn dns_proxy_answers_mesh_names_with_vips() {
                 ..Default::default()
             },
         )?;
-        eventually(
-            "node1 ready",
-            Duration::from_secs(30),
-            Duration::from_millis(25),
-            || async {
-                z.check_running()?;
-                Ok(http::get(z.readiness, "/healthz/ready")
-                    .await
-                    .ok()
-                    .filter(|r| r.status == 200)
-                    .map(|_| ()))
-            },
-        )
-        .await?;
+        z.wait_ready().await?;
         let vip = SERVER_VIP.to_string();
         // From the client pod (demo-a): the full name, `svc.ns`, and a trailing-dot FQDN.
         for name in [

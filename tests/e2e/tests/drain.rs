@@ -7,7 +7,7 @@ use std::time::Duration;
 use mesh_e2e::apps::EchoServer;
 use mesh_e2e::socks5::Dest;
 use mesh_e2e::topology::{APP_PORT, CLIENT_IP, SERVER_IP};
-use mesh_e2e::{eventually, http, Mesh, MeshOptions, Topology, ZtunnelOverrides};
+use mesh_e2e::{eventually, Mesh, MeshOptions, Topology, ZtunnelOverrides};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -30,20 +30,7 @@ async fn sigterm_drains_open_connections_then_exits() {
             Ipv4Addr::new(127, 0, 0, 24),
             &ZtunnelOverrides::default(),
         )?;
-        eventually(
-            "node1 ztunnel ready",
-            Duration::from_secs(30),
-            Duration::from_millis(25),
-            || async {
-                z.check_running()?;
-                Ok(http::get(z.readiness, "/healthz/ready")
-                    .await
-                    .ok()
-                    .filter(|r| r.status == 200)
-                    .map(|_| ()))
-            },
-        )
-        .await?;
+        z.wait_ready().await?;
         let mut open = z.socks(CLIENT_IP, &dest).await?;
         open.write_all(b"before").await?;
         let mut buf = [0u8; 6];
