@@ -1,15 +1,9 @@
-//! Client side of the enrollment socket: one JSON request line, one JSON answer line.
-//!
-//! Request (ADD): `{"op":"add","container_id":..,"netns":..,"ifname":..,
-//! "pod":{"namespace":..,"name":..,"uid":..},"ips":[..]}`; DEL sends the same with `"op":"del"`.
-//! Answer: `{"enrolled":bool,"error":""}` (a non-empty `error` is a refusal).
+//! Client side of the enrollment socket (protocol in [`mesh_inpod::protocol`]).
 
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
-
-use serde::{Deserialize, Serialize};
 
 use crate::config::PodArgs;
 use crate::error::CniError;
@@ -17,28 +11,9 @@ use crate::error::CniError;
 /// How long we wait for the agent's answer (connect + write + read).
 pub const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Answers longer than this are rejected (a sane answer is a few dozen bytes).
-const MAX_ANSWER: usize = 64 * 1024;
+const MAX_ANSWER: usize = mesh_inpod::protocol::MAX_LINE;
 
-/// Which operation we report.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Op {
-    /// Pod created: enroll it if it belongs in the mesh.
-    Add,
-    /// Pod deleted: forget it.
-    Del,
-}
-
-/// The pod in a request.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PodRef {
-    /// Kubernetes namespace.
-    pub namespace: String,
-    /// Pod name.
-    pub name: String,
-    /// Pod UID (may be empty).
-    pub uid: String,
-}
+pub use mesh_inpod::protocol::{Answer, Op, PodRef, Request};
 
 impl From<&PodArgs> for PodRef {
     fn from(p: &PodArgs) -> Self {
@@ -48,34 +23,6 @@ impl From<&PodArgs> for PodRef {
             uid: p.uid.clone(),
         }
     }
-}
-
-/// One request line.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Request {
-    /// add or del.
-    pub op: Op,
-    /// `CNI_CONTAINERID`.
-    pub container_id: String,
-    /// `CNI_NETNS` (empty when unknown on DEL).
-    pub netns: PathBuf,
-    /// `CNI_IFNAME`.
-    pub ifname: String,
-    /// The pod.
-    pub pod: PodRef,
-    /// Pod IPs from `prevResult` (empty on DEL).
-    pub ips: Vec<String>,
-}
-
-/// One answer line.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Answer {
-    /// The pod is in the mesh and the agent is ready for its traffic: install the rules.
-    #[serde(default)]
-    pub enrolled: bool,
-    /// Non-empty: the agent could not handle the pod.
-    #[serde(default)]
-    pub error: String,
 }
 
 /// Sends `req` to the agent at `socket` and returns its answer, within `timeout` overall.
@@ -138,6 +85,7 @@ pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Answer, C
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
     use std::io::{BufRead, BufReader};
     use std::os::unix::net::UnixListener;
 
@@ -153,6 +101,7 @@ mod tests {
                 uid: "u".into(),
             },
             ips: vec!["10.0.0.1".into()],
+            dns_capture: false,
         }
     }
 

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use crate::agent::{self, Op, PodRef, Request};
 use crate::config::{CniEnv, Command, Env, NetConf, SUPPORTED_VERSIONS};
 use crate::error::CniError;
-use crate::rules;
+use mesh_inpod::rules;
 
 /// Version used in output when the request's own cannot be read.
 const FALLBACK_VERSION: &str = "1.0.0";
@@ -111,10 +111,11 @@ fn add(env: &CniEnv, conf: &NetConf) -> Result<String, CniError> {
         ifname: env.ifname.clone(),
         pod: PodRef::from(pod),
         ips: conf.pod_ips(),
+        dns_capture: conf.dns_capture,
     };
     let answer = agent::call(&conf.ztunnel_socket, &req, agent::AGENT_TIMEOUT)?;
     if answer.enrolled {
-        rules::install(&netns, conf.dns_capture)?;
+        rules::install(&netns, conf.dns_capture).map_err(|e| CniError::Rules(e.to_string()))?;
         tracing::info!(pod.namespace = %pod.namespace, pod.name = %pod.name, netns = %netns.display(), "pod enrolled, in-pod redirection installed");
     } else {
         tracing::info!(pod.namespace = %pod.namespace, pod.name = %pod.name, "pod not in the mesh");
@@ -134,6 +135,7 @@ fn del(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
             ifname: env.ifname.clone(),
             pod: PodRef::from(pod),
             ips: Vec::new(),
+            dns_capture: conf.dns_capture,
         };
         // DEL must succeed as far as possible: the rules are gone with the pod, and a restarted
         // agent reconciles against the pods that still exist.
@@ -153,7 +155,7 @@ fn check(env: &CniEnv) -> Result<(), CniError> {
         )));
     }
     // Pods outside the mesh have none of our rules; enrolled pods must have all of them.
-    let state = rules::check(&netns)?;
+    let state = rules::check(&netns).map_err(|e| CniError::CheckFailed(e.to_string()))?;
     tracing::debug!(?state, netns = %netns.display(), "CHECK");
     Ok(())
 }

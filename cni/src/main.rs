@@ -6,7 +6,6 @@ mod agent;
 mod app;
 mod config;
 mod error;
-mod rules;
 
 fn main() {
     std::process::exit(app::main(&config::ProcessEnv));

@@ -7,7 +7,16 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use crate::error::CniError;
+/// A rule operation failed; the message names the command, the netns and its stderr.
+#[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
+pub enum RulesError {
+    /// Installing failed (what was installed has been removed again).
+    #[error("{0}")]
+    Install(String),
+    /// Reading the rules back failed, or they are incomplete.
+    #[error("{0}")]
+    Check(String),
+}
 
 /// Mark ztunnel puts on every socket it opens in a pod netns (1337).
 pub const INPOD_MARK: &str = "0x539/0xfff";
@@ -285,7 +294,7 @@ fn run_all_ignoring_errors(netns: &Path, cmds: &[Vec<String>]) {
 
 /// Installs the in-pod rules in `netns`, replacing any earlier copy. On failure, what was
 /// installed is removed again so the pod is never left half-captured.
-pub fn install(netns: &Path, dns_capture: bool) -> Result<(), CniError> {
+pub fn install(netns: &Path, dns_capture: bool) -> Result<(), RulesError> {
     remove(netns);
     let rules = ruleset(dns_capture);
     let res = run_in(
@@ -300,7 +309,7 @@ pub fn install(netns: &Path, dns_capture: bool) -> Result<(), CniError> {
     });
     if let Err(e) = res {
         remove(netns);
-        return Err(CniError::Rules(e));
+        return Err(RulesError::Install(e));
     }
     Ok(())
 }
@@ -316,14 +325,14 @@ pub fn remove(netns: &Path) {
 }
 
 /// Verifies the rules in `netns` are either all present or all absent.
-pub fn check(netns: &Path) -> Result<Installed, CniError> {
+pub fn check(netns: &Path) -> Result<Installed, RulesError> {
     let nat = run_in(netns, &argv(&["iptables-save", "-t", "nat"]), None)
-        .map_err(CniError::CheckFailed)?;
+        .map_err(RulesError::Check)?;
     let mangle = run_in(netns, &argv(&["iptables-save", "-t", "mangle"]), None)
-        .map_err(CniError::CheckFailed)?;
+        .map_err(RulesError::Check)?;
     let rules =
-        run_in(netns, &argv(&["ip", "rule", "show"]), None).map_err(CniError::CheckFailed)?;
-    inspect(&nat, &mangle, &rules).map_err(CniError::CheckFailed)
+        run_in(netns, &argv(&["ip", "rule", "show"]), None).map_err(RulesError::Check)?;
+    inspect(&nat, &mangle, &rules).map_err(RulesError::Check)
 }
 
 #[cfg(test)]
