@@ -49,6 +49,10 @@ status: {podIP: 127.0.1.4}
 kind: Pod
 metadata: {name: pending, namespace: amb}
 ---
+kind: Pod
+metadata: {name: starting, namespace: amb}
+spec: {nodeName: node-1}
+---
 kind: Service
 metadata: {name: server, namespace: plain}
 spec:
@@ -131,12 +135,13 @@ fn resource_names() {
         vec![
             "Kubernetes//Pod/amb/client",
             "Kubernetes//Pod/amb/opted-out",
+            "Kubernetes//Pod/amb/starting",
             "Kubernetes//Pod/plain/legacy",
             "Kubernetes//Pod/plain/server",
             "plain/headless.plain.svc.cluster.local",
             "plain/server.plain.svc.cluster.local",
         ],
-        "pods without podIP are skipped"
+        "unscheduled pods are skipped; scheduled ones are pushed before they have an IP"
     );
     assert!(s.get(AUTHORIZATION_TYPE_URL).unwrap().resources.is_empty());
 }
@@ -169,6 +174,15 @@ fn ambient_workload_fields() {
     assert_eq!(w.cluster_id, "Kubernetes");
     assert_eq!(w.status(), WorkloadStatus::Healthy);
     assert!(w.services.is_empty());
+}
+
+#[test]
+fn scheduled_pod_without_ip_is_pushed_without_addresses() {
+    let w = workload(&snapshot(), "amb", "starting");
+    assert!(w.addresses.is_empty());
+    assert_eq!(w.node, "node-1");
+    assert_eq!(w.tunnel_protocol(), TunnelProtocol::Hbone);
+    assert_eq!(w.status(), WorkloadStatus::Unhealthy);
 }
 
 #[test]

@@ -84,8 +84,10 @@ pub fn translate_pod(
     policies: &Policies,
     pod: &Pod,
 ) -> Option<Workload> {
-    let ip = pod.status.ip?;
-    if pod.is_terminated() {
+    // A scheduled pod is pushed before it has an IP (without addresses): its node's ztunnel
+    // must know the pod belongs in the mesh when the CNI plugin enrolls it, which happens while
+    // the pod's network is being set up, before any IP is reported.
+    if pod.is_terminated() || (pod.status.ip.is_none() && pod.spec.node_name.is_none()) {
         return None;
     }
     let ns = pod.metadata.ns();
@@ -125,7 +127,7 @@ pub fn translate_pod(
         uid: workload_uid(&params.cluster_id, ns, name),
         name: name.clone(),
         namespace: ns.to_string(),
-        addresses: vec![ip_bytes(ip)],
+        addresses: pod.status.ip.map(ip_bytes).into_iter().collect(),
         trust_domain: params.trust_domain.clone(),
         service_account: pod.service_account().to_string(),
         node: pod.spec.node_name.clone().unwrap_or_default(),
@@ -139,7 +141,7 @@ pub fn translate_pod(
     };
     w.set_tunnel_protocol(tunnel);
     w.set_workload_type(WorkloadType::Pod);
-    w.set_status(if pod.is_ready() {
+    w.set_status(if pod.is_ready() && pod.status.ip.is_some() {
         WorkloadStatus::Healthy
     } else {
         WorkloadStatus::Unhealthy
@@ -158,7 +160,7 @@ pub fn translate(
         .filter_map(|pod| {
             let w = translate_pod(cfg, params, policies, pod);
             if w.is_none() {
-                tracing::debug!(namespace = pod.metadata.ns(), pod = %pod.metadata.name, "pod without podIP (or terminated) not pushed");
+                tracing::debug!(namespace = pod.metadata.ns(), pod = %pod.metadata.name, "unscheduled or terminated pod not pushed");
             }
             w
         })
