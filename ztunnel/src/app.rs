@@ -27,6 +27,8 @@ pub struct Shared {
     pub open: Arc<proxy::connections::Registry>,
     /// State version the inbound listeners were last reconciled to.
     pub listeners_version: Arc<AtomicU64>,
+    /// In-pod mode's node agent.
+    pub inpod: Option<Arc<crate::inpod::Agent>>,
 }
 
 impl Shared {
@@ -45,7 +47,12 @@ impl Shared {
     /// `/config_dump` as JSON (Istio's top-level keys).
     pub fn config_dump(&self) -> String {
         let dump = self.state.dump();
+        let inpod = match &self.inpod {
+            Some(a) => a.dump(),
+            None => serde_json::Value::Null,
+        };
         let v = serde_json::json!({
+            "inpodPods": inpod,
             "workloads": dump.workloads,
             "services": dump.services,
             "policies": dump.policies,
@@ -70,7 +77,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let certs = Arc::new(CertManager::new(Arc::new(ca), cfg.secret_ttl));
     let proxy = Proxy::new(cfg.clone(), state.clone(), certs.clone(), shutdown.clone());
     let listeners_version = Arc::new(AtomicU64::new(0));
+    let inpod = cfg
+        .inpod_uds
+        .as_ref()
+        .map(|uds| crate::inpod::Agent::new(proxy.clone(), uds));
     let shared = Arc::new(Shared {
+        inpod: inpod.clone(),
         cfg: cfg.clone(),
         state: state.clone(),
         certs,
@@ -158,10 +170,20 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         state.clone(),
         shutdown.clone(),
     ));
-    tokio::spawn(proxy::inbound::manage_listeners(
-        proxy.clone(),
-        listeners_version,
-    ));
+    match (&inpod, &cfg.inpod_uds) {
+        (Some(agent), Some(uds)) => {
+            // Bound here so a bad path fails start-up rather than every later pod.
+            let l = crate::inpod::bind(uds)
+                .with_context(|| format!("binding the in-pod socket {}", uds.display()))?;
+            tokio::spawn(agent.clone().run(l, uds.clone(), listeners_version));
+        }
+        _ => {
+            tokio::spawn(proxy::inbound::manage_listeners(
+                proxy.clone(),
+                listeners_version,
+            ));
+        }
+    }
 
     tokio::select! {
         _ = shutdown.cancelled() => {},

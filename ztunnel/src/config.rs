@@ -36,7 +36,12 @@ pub mod env {
     pub const HTTP2_CONNECTION_WINDOW_SIZE: &str = "HTTP2_CONNECTION_WINDOW_SIZE";
     pub const HTTP2_FRAME_SIZE: &str = "HTTP2_FRAME_SIZE";
     pub const WORKER_THREADS: &str = "ZTUNNEL_WORKER_THREADS";
+    /// Unix socket the CNI plugin enrolls pods on; setting it turns on in-pod mode.
+    pub const INPOD_UDS: &str = "INPOD_UDS";
 }
+
+/// Istio's in-pod packet mark (1337): the in-pod rules let sockets carrying it through.
+pub const INPOD_PACKET_MARK: u32 = 0x539;
 
 /// Errors in the configuration; each names the variable to fix.
 #[derive(thiserror::Error, Debug)]
@@ -80,6 +85,9 @@ pub struct Config {
     pub hbone_port: u16,
     /// SO_MARK for every socket ztunnel creates towards workloads (needs CAP_NET_ADMIN).
     pub packet_mark: Option<u32>,
+    /// In-pod mode: the enrollment socket. Listeners then live inside each enrolled pod's netns
+    /// and the shared 15001/15006/15080 listeners are off unless set explicitly.
+    pub inpod_uds: Option<PathBuf>,
     #[serde(with = "secs")]
     pub drain_duration: Duration,
     pub worker_threads: usize,
@@ -187,8 +195,15 @@ impl Config {
         let node_name = src
             .get(env::NODE_NAME)
             .ok_or(ConfigError::Missing(env::NODE_NAME))?;
+        let inpod_uds = src
+            .get(env::INPOD_UDS)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from);
+        // In-pod mode shares its mark with the rules the CNI plugin installs.
+        let default_mark = inpod_uds.as_ref().map(|_| INPOD_PACKET_MARK);
+        let shared_default = |d: &'static str| if inpod_uds.is_some() { "" } else { d };
         let packet_mark = match src.get(env::PACKET_MARK) {
-            None => None,
+            None => default_mark,
             Some(v) if v.is_empty() => None,
             Some(v) => {
                 Some(
@@ -229,14 +244,19 @@ impl Config {
             admin_addr: addr(src, env::ADMIN_ADDR, "127.0.0.1:15000")?,
             stats_addr: addr(src, env::STATS_ADDR, "[::]:15020")?,
             readiness_addr: addr(src, env::READINESS_ADDR, "[::]:15021")?,
-            socks5_addr: addr(src, env::SOCKS5_ADDR, "127.0.0.1:15080")?,
-            outbound_addr: addr(src, env::OUTBOUND_ADDR, "[::]:15001")?,
-            inbound_plaintext_addr: addr(src, env::INBOUND_PLAINTEXT_ADDR, "[::]:15006")?,
+            socks5_addr: addr(src, env::SOCKS5_ADDR, shared_default("127.0.0.1:15080"))?,
+            outbound_addr: addr(src, env::OUTBOUND_ADDR, shared_default("[::]:15001"))?,
+            inbound_plaintext_addr: addr(
+                src,
+                env::INBOUND_PLAINTEXT_ADDR,
+                shared_default("[::]:15006"),
+            )?,
             dns_proxy_addr: match src.get(env::DNS_PROXY_ADDR) {
                 Some(_) => addr(src, env::DNS_PROXY_ADDR, "")?,
                 None => addr(src, env::ISTIO_META_DNS_PROXY_ADDR, "")?,
             },
             hbone_port: num(src, env::HBONE_PORT, 15008u16)?,
+            inpod_uds,
             packet_mark,
             drain_duration: duration(src, env::DRAIN_DURATION, Duration::from_secs(5))?,
             worker_threads,
@@ -310,6 +330,29 @@ mod tests {
         let c = Config::from_source(&map(&[("NODE_NAME", "n1"), ("DNS_PROXY_ADDR", ""), istio]))
             .expect("config");
         assert_eq!(c.dns_proxy_addr, None, "DNS_PROXY_ADDR wins, empty = off");
+    }
+
+    #[test]
+    fn inpod_mode_marks_sockets_and_drops_shared_listeners() {
+        let c = Config::from_source(&map(&[("NODE_NAME", "n1"), ("INPOD_UDS", "/run/a.sock")]))
+            .expect("config");
+        assert_eq!(c.inpod_uds, Some(PathBuf::from("/run/a.sock")));
+        assert_eq!(c.packet_mark, Some(1337));
+        assert_eq!(
+            (c.socks5_addr, c.outbound_addr, c.inbound_plaintext_addr),
+            (None, None, None)
+        );
+        let c = Config::from_source(&map(&[
+            ("NODE_NAME", "n1"),
+            ("INPOD_UDS", "/run/a.sock"),
+            ("PACKET_MARK", "7"),
+            ("SOCKS5_ADDR", "127.0.0.1:15080"),
+        ]))
+        .expect("config");
+        assert_eq!(c.packet_mark, Some(7));
+        assert!(c.socks5_addr.is_some(), "explicit addresses still win");
+        let c = Config::from_source(&map(&[("NODE_NAME", "n1")])).expect("config");
+        assert_eq!((c.inpod_uds, c.packet_mark), (None, None));
     }
 
     #[test]

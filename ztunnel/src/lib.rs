@@ -7,6 +7,7 @@
 //! - [`xds`]: delta ADS client
 //! - [`identity`]: per-workload certificates from the CA, rotated at half life
 //! - [`proxy`]: outbound (SOCKS5, 15001), inbound HBONE (15008) and plaintext (15006)
+//! - [`inpod`]: in-pod mode: pods enrolled by the CNI plugin, listeners inside their netns
 //! - [`metrics`]: Istio's `istio_tcp_*` metrics and the access log
 //! - [`admin`]: admin, metrics and readiness endpoints
 //! - [`app`]: wiring and graceful drain
@@ -17,6 +18,7 @@ pub mod auth;
 pub mod config;
 pub mod dns;
 pub mod identity;
+pub mod inpod;
 pub mod metrics;
 pub mod proxy;
 pub mod readiness;

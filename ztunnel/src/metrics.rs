@@ -181,6 +181,12 @@ impl ConnectionGuard {
 }
 
 /// Counts a connection that was refused before it opened, with Istio's response flag.
+/// In-pod mode: pods the node agent knows, and how many of them are enrolled.
+pub fn inpod_pods(known: usize, enrolled: usize) {
+    metrics::gauge!("ztunnel_inpod_pods", "state" => "known").set(known as f64);
+    metrics::gauge!("ztunnel_inpod_pods", "state" => "enrolled").set(enrolled as f64);
+}
+
 pub fn failed(info: &ConnectionInfo, flag: &str, error: &str) {
     let labels = info.labels(flag);
     metrics::counter!("istio_tcp_connections_failed_total", labels).increment(1);

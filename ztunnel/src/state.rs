@@ -413,6 +413,16 @@ impl State {
             .cloned()
     }
 
+    /// The workload of pod `name` in `namespace` (in-pod enrollment knows pods by name; a
+    /// scan is fine at one lookup per CNI request or state change per node-local pod).
+    pub fn workload_by_name(&self, namespace: &str, name: &str) -> Option<Arc<Workload>> {
+        self.read()
+            .workloads
+            .values()
+            .find(|w| w.namespace == namespace && w.name == name)
+            .cloned()
+    }
+
     /// The service whose VIP is `ip`.
     pub fn service_by_vip(&self, ip: IpAddr) -> Option<Arc<Service>> {
         let inner = self.read();

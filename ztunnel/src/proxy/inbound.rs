@@ -28,15 +28,7 @@ pub async fn manage_listeners(proxy: Arc<Proxy>, reconciled: Arc<AtomicU64>) {
     let mut listeners: HashMap<IpAddr, (String, tokio::task::JoinHandle<()>)> = HashMap::new();
     loop {
         let version = *changes.borrow_and_update();
-        let local: Vec<Arc<Workload>> = proxy
-            .state
-            .workloads_on_node(&proxy.cfg.node_name)
-            .into_iter()
-            .filter(|w| w.protocol == Protocol::Hbone)
-            .collect();
-        proxy
-            .certs
-            .track(&local.iter().map(|w| w.identity()).collect());
+        let local = track_local_certs(&proxy);
         let wanted: HashMap<IpAddr, Arc<Workload>> = local
             .iter()
             .flat_map(|w| w.workload_ips.iter().map(move |ip| (*ip, w.clone())))
@@ -57,7 +49,7 @@ pub async fn manage_listeners(proxy: Arc<Proxy>, reconciled: Arc<AtomicU64>) {
             match bind(addr) {
                 Ok(l) => {
                     info!(%addr, workload = %w.name, namespace = %w.namespace, "HBONE listener open");
-                    let task = tokio::spawn(accept_hbone(proxy.clone(), l, w.uid.clone(), *ip));
+                    let task = tokio::spawn(accept_hbone(proxy.clone(), l));
                     listeners.insert(*ip, (w.uid.clone(), task));
                 }
                 Err(e) => {
@@ -76,6 +68,21 @@ pub async fn manage_listeners(proxy: Arc<Proxy>, reconciled: Arc<AtomicU64>) {
     }
 }
 
+/// The HBONE workloads of this node; the certificate manager is told to keep (and prefetch)
+/// exactly their identities.
+pub fn track_local_certs(proxy: &Proxy) -> Vec<Arc<Workload>> {
+    let local: Vec<Arc<Workload>> = proxy
+        .state
+        .workloads_on_node(&proxy.cfg.node_name)
+        .into_iter()
+        .filter(|w| w.protocol == Protocol::Hbone)
+        .collect();
+    proxy
+        .certs
+        .track(&local.iter().map(|w| w.identity()).collect());
+    local
+}
+
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let s = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
@@ -87,10 +94,22 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     s.listen(1024)
 }
 
-async fn accept_hbone(proxy: Arc<Proxy>, listener: TcpListener, uid: String, ip: IpAddr) {
+/// Serves HBONE on `listener`; the destination workload is the one owning the address each
+/// connection arrived on (one pod IP per listener, or any IP of the pod in in-pod mode).
+pub async fn accept_hbone(proxy: Arc<Proxy>, listener: TcpListener) {
     super::accept_loop(proxy, listener, "hbone", move |proxy, stream, peer| {
-        let span = tracing::info_span!("inbound", src = %peer, dst_ip = %ip, workload = %uid);
-        serve_tls(proxy, stream, peer, ip).instrument(span)
+        let local_ip = stream.local_addr().map(|a| a.ip().to_canonical());
+        let span = tracing::info_span!("inbound", src = %peer, dst_ip = tracing::field::Empty);
+        async move {
+            match local_ip {
+                Ok(ip) => {
+                    tracing::Span::current().record("dst_ip", tracing::field::display(ip));
+                    serve_tls(proxy, stream, peer, ip).await
+                }
+                Err(e) => debug!(error = %e, "accepted HBONE connection has no local address"),
+            }
+        }
+        .instrument(span)
     })
     .await
 }
@@ -241,7 +260,7 @@ async fn handle_stream(
         info.dst_service = proxy.state.service_by_host(&host);
     }
     // Dial the app first; only a working upstream earns a 200.
-    let mut upstream = match super::connect(Some(peer.ip()), dst, proxy.cfg.packet_mark).await {
+    let mut upstream = match proxy.connect_for(local_ip, Some(peer.ip()), dst).await {
         Ok(s) => s,
         Err(e) => {
             let r = Refusal::Upstream(dst, e);

@@ -25,7 +25,10 @@ pub async fn serve(proxy: Arc<Proxy>, mut stream: TcpStream, peer: SocketAddr) {
             }
         };
         tracing::Span::current().record("dst", tracing::field::display(dst));
-        let local = stream.local_addr().ok();
+        let local = stream
+            .local_addr()
+            .ok()
+            .map(|a| SocketAddr::new(a.ip().to_canonical(), a.port()));
         let mut info = ConnectionInfo {
             reporter: Some(Reporter::Destination),
             src_addr: Some(peer),
@@ -57,7 +60,7 @@ pub async fn serve(proxy: Arc<Proxy>, mut stream: TcpStream, peer: SocketAddr) {
                 return;
             }
         }
-        let mut upstream = match super::connect(Some(peer.ip()), dst, proxy.cfg.packet_mark).await {
+        let mut upstream = match proxy.connect_for(dst.ip(), Some(peer.ip()), dst).await {
             Ok(s) => s,
             Err(e) => {
                 warn!(error = %e, "connect to app failed");

@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::identity::CertManager;
+use crate::inpod::{Netns, NetnsTable};
 use crate::state::State;
 pub use copy::relay;
 
@@ -40,6 +41,9 @@ pub struct Proxy {
     pub connections: TaskTracker,
     /// Open connections by id, for the dump and re-authorization.
     pub open: Arc<connections::Registry>,
+    /// In-pod mode: the netns of each enrolled pod IP. Connections on behalf of a local pod are
+    /// made from inside its netns (empty otherwise: everything runs in ztunnel's own netns).
+    pub netns: Arc<NetnsTable>,
 }
 
 impl Proxy {
@@ -59,10 +63,12 @@ impl Proxy {
             pool_idle_timeout: h.pool_unused_release_timeout,
             ..Default::default()
         };
+        let netns = Arc::new(NetnsTable::default());
         let pool = mesh_hbone::client::Pool::new(
             pool_cfg,
             Arc::new(MarkDialer {
                 mark: cfg.packet_mark,
+                netns: netns.clone(),
             }),
         );
         Arc::new(Proxy {
@@ -73,7 +79,20 @@ impl Proxy {
             shutdown,
             connections: TaskTracker::new(),
             open: Arc::default(),
+            netns,
         })
+    }
+
+    /// Connects to `dst` on behalf of the local workload at `local_ip` (inside its pod netns in
+    /// in-pod mode), from `src` when given (see [`connect`]).
+    pub async fn connect_for(
+        &self,
+        local_ip: IpAddr,
+        src: Option<IpAddr>,
+        dst: SocketAddr,
+    ) -> io::Result<TcpStream> {
+        let netns = self.netns.get(local_ip);
+        connect(netns.as_deref(), src, dst, self.cfg.packet_mark).await
     }
 }
 
@@ -87,16 +106,18 @@ fn tune(stream: &TcpStream) {
 }
 
 /// Connects to `dst`, optionally from `src` (the original client IP, so the app sees who called)
-/// and with `mark` so capture rules let ztunnel's own traffic through.
+/// and with `mark` so capture rules let ztunnel's own traffic through. With `netns`, the socket
+/// is made inside that pod network namespace (already marked there).
 pub async fn connect(
+    netns: Option<&Netns>,
     src: Option<IpAddr>,
     dst: SocketAddr,
     mark: Option<u32>,
 ) -> io::Result<TcpStream> {
-    let socket = if dst.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
+    let socket = match netns {
+        Some(ns) => ns.tcp_socket(dst.is_ipv4()).await?,
+        None if dst.is_ipv4() => TcpSocket::new_v4()?,
+        None => TcpSocket::new_v6()?,
     };
     let sref = SockRef::from(&socket);
     if let Some(m) = mark {
@@ -140,9 +161,10 @@ pub async fn connect(
     Ok(stream)
 }
 
-/// Dials HBONE peers with ztunnel's packet mark.
+/// Dials HBONE peers with ztunnel's packet mark, from the source pod's netns in in-pod mode.
 struct MarkDialer {
     mark: Option<u32>,
+    netns: Arc<NetnsTable>,
 }
 
 impl mesh_hbone::client::Dialer for MarkDialer {
@@ -152,7 +174,8 @@ impl mesh_hbone::client::Dialer for MarkDialer {
         dst: SocketAddr,
     ) -> Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send>> {
         let mark = self.mark;
-        Box::pin(connect(src, dst, mark))
+        let netns = src.and_then(|ip| self.netns.get(ip));
+        Box::pin(async move { connect(netns.as_deref(), src, dst, mark).await })
     }
 }
 
@@ -175,6 +198,9 @@ pub async fn accept_loop<F, Fut>(
         };
         match accepted {
             Ok((stream, peer)) => {
+                // Dual-stack listeners report IPv4 peers as ::ffff:a.b.c.d; workloads are
+                // indexed by their plain IPv4 address.
+                let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
                 tune(&stream);
                 let fut = handle(proxy.clone(), stream, peer);
                 proxy.connections.spawn(fut);
@@ -207,7 +233,7 @@ pub fn authorize(
 pub fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
     let sref = SockRef::from(stream);
     let local = stream.local_addr()?;
-    let addr = if local.is_ipv4() {
+    let addr = if local.ip().to_canonical().is_ipv4() {
         sref.original_dst_v4()?
     } else {
         sref.original_dst_v6()?

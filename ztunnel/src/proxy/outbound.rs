@@ -185,7 +185,7 @@ impl Proxy {
                     .unwrap_or(dst);
                 info.dst_workload = other;
                 info.dst_addr = Some(target);
-                super::connect(None, target, self.cfg.packet_mark)
+                self.connect_for(src.ip(), None, target)
                     .await
                     .map(Upstream::Tcp)
                     .map_err(|source| OutboundError::Connect {
@@ -261,8 +261,12 @@ impl Proxy {
 pub async fn serve_captured(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr) {
     let span = tracing::info_span!("outbound", src = %peer, dst = tracing::field::Empty);
     async move {
+        let local = stream
+            .local_addr()
+            .ok()
+            .map(|a| SocketAddr::new(a.ip().to_canonical(), a.port()));
         let dst = match super::original_dst(&stream) {
-            Ok(d) if Some(d) != stream.local_addr().ok() => d,
+            Ok(d) if Some(d) != local => d,
             Ok(_) | Err(_) => {
                 warn!("connection on the outbound port was not redirected; refusing (would loop)");
                 return;
