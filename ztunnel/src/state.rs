@@ -39,6 +39,49 @@ pub struct PortMapping {
     pub app_protocol: String,
 }
 
+/// Where a waypoint is (Istio's `GatewayAddress`): a Service hostname, or an address of a
+/// waypoint workload or Service VIP.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum WaypointRef {
+    Hostname { namespace: String, hostname: String },
+    Address(IpAddr),
+}
+
+/// A waypoint attached to a service or workload, with its HBONE port.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Waypoint {
+    pub target: WaypointRef,
+    pub hbone_port: u16,
+}
+
+fn convert_waypoint(name: &str, g: Option<pb::GatewayAddress>) -> Result<Option<Waypoint>, StateError> {
+    let Some(g) = g else { return Ok(None) };
+    let invalid = |reason: String| StateError::Invalid {
+        name: name.to_string(),
+        reason,
+    };
+    let target = match g.destination {
+        Some(pb::gateway_address::Destination::Hostname(h)) if !h.hostname.is_empty() => {
+            WaypointRef::Hostname {
+                namespace: h.namespace,
+                hostname: h.hostname,
+            }
+        }
+        Some(pb::gateway_address::Destination::Address(a)) => WaypointRef::Address(
+            ip_from_bytes(&a.address)
+                .ok_or_else(|| invalid(format!("waypoint address of {} bytes", a.address.len())))?,
+        ),
+        _ => return Err(invalid("waypoint without hostname or address".into())),
+    };
+    let hbone_port = match g.hbone_mtls_port {
+        0 => 15008,
+        p => u16::try_from(p).map_err(|_| invalid(format!("waypoint port {p} out of range")))?,
+    };
+    Ok(Some(Waypoint { target, hbone_port }))
+}
+
 /// A pod as ztunnel knows it.
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -60,6 +103,9 @@ pub struct Workload {
     pub services: BTreeMap<String, Vec<PortMapping>>,
     pub authorization_policies: Vec<String>,
     pub healthy: bool,
+    /// `istio.io/use-waypoint` on the pod (or its namespace): traffic addressed to the pod
+    /// itself goes through it.
+    pub waypoint: Option<Waypoint>,
 }
 
 impl Workload {
@@ -79,6 +125,8 @@ pub struct Service {
     pub vips: Vec<IpAddr>,
     pub ports: Vec<PortMapping>,
     pub subject_alt_names: Vec<String>,
+    /// Traffic to the service's VIPs goes through this waypoint.
+    pub waypoint: Option<Waypoint>,
 }
 
 impl Service {
@@ -185,6 +233,7 @@ pub fn convert_workload(w: pb::Workload) -> Result<Workload, StateError> {
             .collect::<Result<Vec<_>, _>>()?;
         services.insert(svc, ports);
     }
+    let waypoint = convert_waypoint(&name, w.waypoint)?;
     let workload_type = pb::WorkloadType::try_from(w.workload_type)
         .map(|t| t.as_str_name().to_lowercase())
         .unwrap_or_else(|_| "pod".into());
@@ -229,6 +278,7 @@ pub fn convert_workload(w: pb::Workload) -> Result<Workload, StateError> {
         cluster_id: w.cluster_id,
         services,
         authorization_policies: w.authorization_policies,
+        waypoint,
     })
 }
 
@@ -256,7 +306,9 @@ pub fn convert_service(s: pb::Service) -> Result<Service, StateError> {
         .iter()
         .map(|p| port(&name, p.service_port, p.target_port, p.app_protocol))
         .collect::<Result<Vec<_>, _>>()?;
+    let waypoint = convert_waypoint(&name, s.waypoint)?;
     Ok(Service {
+        waypoint,
         name: s.name,
         namespace: s.namespace,
         hostname: s.hostname,

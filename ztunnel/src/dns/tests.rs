@@ -29,6 +29,7 @@ fn service(name: &str, ns: &str, vips: Vec<IpAddr>) -> Address {
         vips,
         ports: vec![],
         subject_alt_names: vec![],
+        waypoint: None,
     })
 }
 
@@ -50,6 +51,7 @@ fn workload(name: &str, ns: &str, ip: Ipv4Addr) -> Address {
         services: BTreeMap::new(),
         authorization_policies: vec![],
         healthy: true,
+        waypoint: None,
     })
 }
 

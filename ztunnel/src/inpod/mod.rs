@@ -488,6 +488,12 @@ impl Agent {
         let Some(e) = pod.enrolled else {
             return;
         };
+        // Rules out first, listeners last: the other order would refuse the pod's traffic in
+        // between instead of letting it flow uncaptured.
+        if remove_rules {
+            let p = e.netns.path().to_path_buf();
+            let _ = tokio::task::spawn_blocking(move || rules::remove(&p)).await;
+        }
         e.stop.cancel();
         let ips: Vec<IpAddr> = {
             let t = self.proxy.netns.0.read();
@@ -500,10 +506,6 @@ impl Agent {
             .unwrap_or_default()
         };
         self.proxy.netns.set(&ips, None);
-        if remove_rules {
-            let p = e.netns.path().to_path_buf();
-            let _ = tokio::task::spawn_blocking(move || rules::remove(&p)).await;
-        }
         info!(pod = %pod.record.display(), "pod released");
     }
 

@@ -42,6 +42,8 @@ pub enum OutboundError {
     SelfCall(SocketAddr),
     #[error("cannot resolve {0}: not a mesh service and DNS lookup failed")]
     Unresolvable(String),
+    #[error("waypoint {0} has no healthy instance")]
+    NoWaypoint(String),
     #[error("service {service} has no healthy endpoint for port {port}")]
     NoHealthyUpstream { service: String, port: u16 },
     #[error("no certificate for source identity: {0}")]
@@ -68,7 +70,7 @@ impl OutboundError {
             } => "TLS_FAILURE",
             OutboundError::Hbone { .. } | OutboundError::Connect { .. } => "CONNECT",
             OutboundError::Identity(_) => "IDENTITY_ERROR",
-            OutboundError::NoHealthyUpstream { .. } => "UH",
+            OutboundError::NoHealthyUpstream { .. } | OutboundError::NoWaypoint(_) => "UH",
             OutboundError::Unresolvable(_) => "NR",
             _ => "DENY",
         }
@@ -152,6 +154,34 @@ impl Proxy {
         }
         info.dst_addr = Some(dst);
         info.dst_service = service.clone();
+        // A waypoint attached to the service (or, for a pod address, to the pod) sees the
+        // traffic first: HBONE to the waypoint with the original destination as authority.
+        let waypoint = match &service {
+            Some(svc) => svc.waypoint.clone(),
+            None => self
+                .state
+                .workload_by_ip(dst.ip())
+                .and_then(|w| w.waypoint.clone()),
+        };
+        if let Some(wp) = waypoint {
+            let wp_wl = self
+                .resolve_waypoint(&wp)
+                .ok_or_else(|| OutboundError::NoWaypoint(format!("{:?}", wp.target)))?;
+            // The waypoint's own traffic to its backends must not loop back into it.
+            if wp_wl.uid != src_wl.uid {
+                let ip = wp_wl.workload_ips.first().copied().unwrap_or(dst.ip());
+                let hbone_addr = SocketAddr::new(ip, wp.hbone_port);
+                info.hbone_addr = Some(hbone_addr);
+                info.dst_identity = Some(wp_wl.identity().to_string());
+                info.dst_workload = Some(wp_wl.clone());
+                info.mtls = true;
+                debug!(waypoint = %wp_wl.name, %hbone_addr, authority = %dst, "sending through the waypoint");
+                return self
+                    .connect_hbone(&src_wl, src, &wp_wl, None, dst, hbone_addr)
+                    .await
+                    .map(Upstream::Hbone);
+            }
+        }
         let (endpoint, port) = match &service {
             Some(svc) => self
                 .state
@@ -194,6 +224,27 @@ impl Proxy {
                     })
             }
         }
+    }
+
+    /// A healthy instance of the waypoint `wp` (round robin over its Service's endpoints).
+    fn resolve_waypoint(&self, wp: &crate::state::Waypoint) -> Option<Arc<Workload>> {
+        use crate::state::WaypointRef;
+        let svc = match &wp.target {
+            WaypointRef::Hostname {
+                namespace,
+                hostname,
+            } => self
+                .state
+                .service_by_host(hostname)
+                .filter(|s| namespace.is_empty() || &s.namespace == namespace),
+            WaypointRef::Address(ip) => match self.state.service_by_vip(*ip) {
+                Some(s) => Some(s),
+                None => return self.state.workload_by_ip(*ip).filter(|w| w.healthy),
+            },
+        }?;
+        self.state
+            .pick_endpoint(&svc, wp.hbone_port)
+            .map(|(w, _)| w)
     }
 
     async fn connect_hbone(

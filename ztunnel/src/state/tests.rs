@@ -206,3 +206,55 @@ fn policies_apply_by_scope_and_decide_inbound() {
         mesh_policy::Decision::Deny("denied by DENY policy ns/selected".into())
     );
 }
+
+#[test]
+fn waypoint_references_are_converted_and_checked() {
+    let mut s = service([10, 96, 0, 1]);
+    s.waypoint = Some(pb::GatewayAddress {
+        destination: Some(pb::gateway_address::Destination::Hostname(
+            pb::NamespacedHostname {
+                namespace: "ns".into(),
+                hostname: "waypoint.ns.svc.cluster.local".into(),
+            },
+        )),
+        hbone_mtls_port: 15008,
+    });
+    let svc = convert_service(s.clone()).expect("service");
+    assert_eq!(
+        svc.waypoint,
+        Some(Waypoint {
+            target: WaypointRef::Hostname {
+                namespace: "ns".into(),
+                hostname: "waypoint.ns.svc.cluster.local".into()
+            },
+            hbone_port: 15008
+        })
+    );
+    let mut w = workload("w", [10, 0, 0, 1], None, true);
+    w.waypoint = Some(pb::GatewayAddress {
+        destination: Some(pb::gateway_address::Destination::Address(
+            pb::NetworkAddress {
+                network: String::new(),
+                address: vec![10, 0, 0, 9],
+                length: None,
+            },
+        )),
+        hbone_mtls_port: 0,
+    });
+    let wl = convert_workload(w).expect("workload");
+    assert_eq!(
+        wl.waypoint,
+        Some(Waypoint {
+            target: WaypointRef::Address("10.0.0.9".parse().expect("ip")),
+            hbone_port: 15008
+        }),
+        "port 0 means Istio's default"
+    );
+    // A waypoint that names nothing, or a malformed address, is an error naming the resource.
+    s.waypoint = Some(pb::GatewayAddress {
+        destination: None,
+        hbone_mtls_port: 15008,
+    });
+    let e = convert_service(s).expect_err("invalid");
+    assert!(e.to_string().contains("svc.ns.svc.cluster.local"), "{e}");
+}
