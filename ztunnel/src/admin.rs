@@ -1,4 +1,5 @@
-//! The small HTTP endpoints: admin on localhost:15000 (`/config_dump`, `/quitquitquit`),
+//! The small HTTP endpoints: admin on localhost:15000 (`/config_dump`, `/debug/tap`,
+//! `/quitquitquit`),
 //! Prometheus metrics on 15020 (`/metrics`, `/stats/prometheus`) and readiness on 15021
 //! (`/healthz/ready`).
 
@@ -8,17 +9,17 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-type Body = Full<Bytes>;
+type Body = BoxBody<Bytes, Infallible>;
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut r = Response::new(Full::new(body.into()));
+    let mut r = Response::new(Full::new(body.into()).boxed());
     *r.status_mut() = status;
     r
 }
@@ -84,13 +85,27 @@ pub fn admin(
 ) -> impl Fn(Request<Incoming>) -> Response<Body> + Clone + Send + Sync + 'static {
     move |req| match (req.method(), req.uri().path()) {
         (&Method::GET, "/config_dump") => json(state.app.config_dump()),
+        (&Method::GET, "/debug/tap") => match crate::tap::Filter::from_query(req.uri().query()) {
+            Ok(f) => {
+                use futures_util::StreamExt;
+                let frames = crate::tap::stream(f)
+                    .map(|b| Ok::<_, Infallible>(hyper::body::Frame::data(b)));
+                let mut r = Response::new(BodyExt::boxed(StreamBody::new(frames)));
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/x-ndjson"),
+                );
+                r
+            }
+            Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+        },
         (&Method::POST, "/quitquitquit") => {
             state.app.shutdown.cancel();
             text(StatusCode::OK, "shutting down\n")
         }
         (&Method::GET, "/") => text(
             StatusCode::OK,
-            "ztunnel admin: /config_dump, POST /quitquitquit\n",
+            "ztunnel admin: /config_dump, /debug/tap?namespace=&workload=&limit=&duration=, POST /quitquitquit\n",
         ),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }

@@ -9,6 +9,7 @@
 //! - [`proxy`]: outbound (SOCKS5, 15001), inbound HBONE (15008) and plaintext (15006)
 //! - [`inpod`]: in-pod mode: pods enrolled by the CNI plugin, listeners inside their netns
 //! - [`metrics`]: Istio's `istio_tcp_*` metrics and the access log
+//! - [`tap`]: live stream of connection events (`/debug/tap`, `meshctl tap`)
 //! - [`admin`]: admin, metrics and readiness endpoints
 //! - [`app`]: wiring and graceful drain
 
@@ -23,4 +24,5 @@ pub mod metrics;
 pub mod proxy;
 pub mod readiness;
 pub mod state;
+pub mod tap;
 pub mod xds;

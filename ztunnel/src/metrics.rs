@@ -162,6 +162,7 @@ impl ConnectionGuard {
     pub fn open(info: ConnectionInfo) -> Self {
         let labels = info.labels("-");
         metrics::counter!("istio_tcp_connections_opened_total", labels.clone()).increment(1);
+        crate::tap::publish("open", &info, crate::tap::Outcome::default());
         ConnectionGuard {
             info,
             labels,
@@ -176,20 +177,41 @@ impl ConnectionGuard {
             .increment(received);
         metrics::counter!("istio_tcp_sent_bytes_total", self.labels.clone()).increment(sent);
         metrics::counter!("istio_tcp_connections_closed_total", self.labels).increment(1);
-        access_log(&self.info, received, sent, self.start.elapsed(), error);
+        let elapsed = self.start.elapsed();
+        crate::tap::publish(
+            "close",
+            &self.info,
+            crate::tap::Outcome {
+                received: Some(received),
+                sent: Some(sent),
+                duration: Some(elapsed),
+                flags: "-",
+                error,
+            },
+        );
+        access_log(&self.info, received, sent, elapsed, error);
     }
 }
 
-/// Counts a connection that was refused before it opened, with Istio's response flag.
 /// In-pod mode: pods the node agent knows, and how many of them are enrolled.
 pub fn inpod_pods(known: usize, enrolled: usize) {
     metrics::gauge!("ztunnel_inpod_pods", "state" => "known").set(known as f64);
     metrics::gauge!("ztunnel_inpod_pods", "state" => "enrolled").set(enrolled as f64);
 }
 
+/// Counts a connection that was refused before it opened, with Istio's response flag.
 pub fn failed(info: &ConnectionInfo, flag: &str, error: &str) {
     let labels = info.labels(flag);
     metrics::counter!("istio_tcp_connections_failed_total", labels).increment(1);
+    crate::tap::publish(
+        "refused",
+        info,
+        crate::tap::Outcome {
+            flags: flag,
+            error: Some(error),
+            ..Default::default()
+        },
+    );
     access_log(info, 0, 0, std::time::Duration::ZERO, Some(error));
 }
 
