@@ -3,10 +3,11 @@
 #   make demo   two ztunnels + istiod-lite on loopback, traffic A -> B through the mesh
 #   make bench  performance figures (root: network namespace + iptables), writes docs/performance.md
 #   make lint   rustfmt check + clippy with warnings denied
+#   make test-helm  the Helm chart rendered, validated against the Kubernetes schemas, its CRDs and CNI installer
 SHELL := /usr/bin/env bash
 CARGO ?= cargo
 
-.PHONY: all test test-dashboards prereqs build demo bench lint fmt
+.PHONY: all test test-dashboards test-helm prereqs build demo bench lint fmt
 
 all: build
 
@@ -26,6 +27,7 @@ test: prereqs build
 		$(CARGO) test --workspace --no-fail-fast; \
 	fi
 	python3 tests/dashboards/run.py
+	python3 tests/helm/run.py
 
 demo:
 	@scripts/demo.sh
@@ -43,3 +45,8 @@ fmt:
 # The Grafana dashboards against a real Prometheus scraping a local mesh (part of `make test`).
 test-dashboards: prereqs build
 	python3 tests/dashboards/run.py
+
+# The Helm chart (deploy/helm/ambient-rs) rendered with a Helm-faithful renderer and validated
+# (part of `make test`); needs no cargo build.
+test-helm: prereqs
+	python3 tests/helm/run.py
