@@ -193,10 +193,21 @@ impl ConnectionGuard {
     }
 }
 
-/// In-pod mode: pods the node agent knows, and how many of them are enrolled.
-pub fn inpod_pods(known: usize, enrolled: usize) {
-    metrics::gauge!("ztunnel_inpod_pods", "state" => "known").set(known as f64);
-    metrics::gauge!("ztunnel_inpod_pods", "state" => "enrolled").set(enrolled as f64);
+/// Workloads ztunnel proxies for (Istio's in-pod gauges; in shared mode, the per-workload
+/// HBONE listeners): `active` are served, `pending` were handed to us but are not yet known to
+/// the control plane.
+pub fn proxies(active: usize, pending: usize) {
+    metrics::gauge!("workload_manager_active_proxy_count").set(active as f64);
+    metrics::gauge!("workload_manager_pending_proxy_count").set(pending as f64);
+}
+
+/// A workload's proxy (its listeners) started or stopped.
+pub fn proxy_started(started: bool) {
+    if started {
+        metrics::counter!("workload_manager_proxies_started_total").increment(1);
+    } else {
+        metrics::counter!("workload_manager_proxies_stopped_total").increment(1);
+    }
 }
 
 /// Counts a connection that was refused before it opened, with Istio's response flag.

@@ -480,6 +480,7 @@ impl Agent {
         self.proxy.netns.set(&ips, Some(&netns));
         info!(pod = %r.display(), netns = %path.display(), ips = ?ips, identity = %w.identity(), "pod enrolled: listening on 15001, 15006, 15008, 15053 in its netns");
         pod.enrolled = Some(Enrolled { netns, stop });
+        crate::metrics::proxy_started(true);
         Ok(())
     }
 
@@ -506,13 +507,18 @@ impl Agent {
             .unwrap_or_default()
         };
         self.proxy.netns.set(&ips, None);
+        crate::metrics::proxy_started(false);
         info!(pod = %pod.record.display(), "pod released");
     }
 
     /// Refreshes the dump and the gauges; with `persist`, also writes the pods to the state file.
     fn publish(&self, pods: &BTreeMap<(String, String), Pod>, persist: bool) {
         let enrolled = pods.values().filter(|p| p.enrolled.is_some()).count();
-        crate::metrics::inpod_pods(pods.len(), enrolled);
+        let pending = pods
+            .values()
+            .filter(|p| p.enrolled.is_none() && matches!(self.membership(&p.record), Membership::Unknown))
+            .count();
+        crate::metrics::proxies(enrolled, pending);
         let dump = serde_json::Value::Array(
             pods.values()
                 .map(|p| {

@@ -38,6 +38,7 @@ pub async fn manage_listeners(proxy: Arc<Proxy>, reconciled: Arc<AtomicU64>) {
             if !keep {
                 info!(%ip, %uid, "closing HBONE listener: workload left this node");
                 task.abort();
+                crate::metrics::proxy_started(false);
             }
             keep
         });
@@ -51,12 +52,14 @@ pub async fn manage_listeners(proxy: Arc<Proxy>, reconciled: Arc<AtomicU64>) {
                     info!(%addr, workload = %w.name, namespace = %w.namespace, "HBONE listener open");
                     let task = tokio::spawn(accept_hbone(proxy.clone(), l));
                     listeners.insert(*ip, (w.uid.clone(), task));
+                    crate::metrics::proxy_started(true);
                 }
                 Err(e) => {
                     warn!(%addr, error = %e, "cannot open HBONE listener for workload; will retry on the next config change")
                 }
             }
         }
+        crate::metrics::proxies(listeners.len(), 0);
         reconciled.store(version, Ordering::Release);
         tokio::select! {
             _ = proxy.shutdown.cancelled() => break,
