@@ -582,6 +582,10 @@ def workload():
     )
 
 
+CAPTURED_DESC = ("Workloads each ztunnel proxies for (Istio's workload_manager_active_proxy_count): pods enrolled in "
+                 "in-pod mode, per-workload HBONE listeners in shared mode.")
+
+
 def ztunnel():
     z = 'instance=~"$ztunnel"'
     zb = 'component="ztunnel",' + z
@@ -605,6 +609,14 @@ def ztunnel():
                     stat("Throughput", f"sum({rate('istio_tcp_sent_bytes_total', z)}) + sum({rate('istio_tcp_received_bytes_total', z)})", "Bps", w=3),
                     stat("mTLS share", mtls_share(z), "percentunit", SEC_DESC, 1, w=3),
                     stat("Certificates fetched/s", f"sum({rate('ztunnel_certificates_issued_total', z)})", "short", "Workload certificates obtained from the CA (first fetch and rotation).", 3, w=3),
+                ],
+            ),
+            row(
+                "Workloads captured",
+                [
+                    stat("Workloads captured", f"sum(workload_manager_active_proxy_count{{{z}}})", "short", CAPTURED_DESC, w=6),
+                    ts("Workloads captured by ztunnel", [(f"workload_manager_active_proxy_count{{{z}}}", "{{instance}}")], "short", CAPTURED_DESC, w=9),
+                    ts("Workload proxies started", [(f"sum by (instance) (increase(workload_manager_proxies_started_total{{{z}}}[{R}]))", "{{instance}}")], "short", "Listener sets opened for workloads: pods enrolled by the CNI plugin or joining the mesh through a label change (in-pod mode), HBONE listeners opened (shared mode).", w=9),
                 ],
             ),
             row(
