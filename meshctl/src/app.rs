@@ -25,6 +25,7 @@ pub fn run(cli: Cli, env: &dyn Source) -> Result<(), Error> {
         Command::ZtunnelConfig(a) => cmd::ztunnel_config::run(a, &ctx, &mut out),
         Command::Check(a) => cmd::check::run(a, &ctx, &mut out),
         Command::Stat(a) => cmd::stat::run(a, &ctx, &mut out),
+        Command::Local(a) => cmd::local::run(a, &mut out),
     };
     out.flush()?;
     result

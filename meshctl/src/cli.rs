@@ -1,5 +1,6 @@
 //! The command line.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -42,6 +43,9 @@ pub enum Command {
     /// show "-" until a waypoint reports istio_requests_total (add its stats address to
     /// --scrape). Without --prometheus, every stats address is scraped twice, --interval apart.
     Stat(StatArgs),
+    /// A local cluster of network namespaces: nodes, pods wired by real CNI plugins, istiod-lite
+    /// and one ztunnel per node (root only; see docs/local-cluster.md).
+    Local(LocalArgs),
 }
 
 /// Sections of `ztunnel-config`.
@@ -135,6 +139,173 @@ pub struct StatArgs {
     pub output: Format,
 }
 
+/// `meshctl local`.
+#[derive(Debug, Args)]
+pub struct LocalArgs {
+    /// Cluster name: network namespaces are named `ambrs-<name>...`.
+    #[arg(
+        long = "name",
+        global = true,
+        default_value = "ambient",
+        value_name = "CLUSTER"
+    )]
+    pub cluster: String,
+    /// State directory (pids, pods, logs, config YAML) [default: /run/ambient-rs/local/<name>].
+    /// Give the same one to every command of this cluster.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The operation.
+    #[command(subcommand)]
+    pub command: LocalCommand,
+}
+
+/// `meshctl local` operations.
+#[derive(Debug, Subcommand)]
+pub enum LocalCommand {
+    /// Create the cluster: namespaces, links, istiod-lite and one ztunnel per node.
+    Up(LocalUpArgs),
+    /// Remove the cluster: stop its processes, CNI DEL every pod, delete its namespaces and
+    /// files. Safe to repeat.
+    Down,
+    /// Add, delete or check pods.
+    #[command(subcommand)]
+    Pod(PodCommand),
+    /// Run a command inside a pod's network namespace, stdio attached; exits with its code.
+    Exec(LocalExecArgs),
+    /// Create or update a Namespace object (its labels, e.g. istio.io/dataplane-mode=ambient).
+    Namespace(LocalNamespaceArgs),
+    /// Nodes, pods with their IPs, and whether each process is alive.
+    Status(LocalStatusArgs),
+}
+
+/// `meshctl local up`.
+#[derive(Debug, Args)]
+pub struct LocalUpArgs {
+    /// Number of nodes (node-1 ... node-N), each with pod CIDR 10.244.<n>.0/24.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=50))]
+    pub nodes: u8,
+    /// Directory with istiod-lite, ztunnel and ambient-cni [default: meshctl's own directory].
+    #[arg(long, value_name = "DIR")]
+    pub bin_dir: Option<PathBuf>,
+    /// Directory with the CNI reference plugins (bridge, host-local, loopback) [default:
+    /// /usr/lib/cni, else /opt/cni/bin].
+    #[arg(long, value_name = "DIR")]
+    pub cni_dir: Option<PathBuf>,
+    /// Plain CNI networking, for comparison and benchmarks: no ambient-cni in the chain and no
+    /// ztunnels (istiod-lite still runs and sees the pods).
+    #[arg(long)]
+    pub no_mesh: bool,
+    /// How long istiod-lite and each ztunnel may take to become ready.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub ready_timeout: Duration,
+}
+
+/// `meshctl local pod ...`.
+#[derive(Debug, Subcommand)]
+pub enum PodCommand {
+    /// Create a pod: Pod object, network namespace, CNI ADD, then start CMD inside it. Prints
+    /// the pod IP.
+    Add(PodAddArgs),
+    /// Delete a pod: stop its processes, CNI DEL, remove its namespace and Pod object.
+    Delete(PodRefArgs),
+    /// Run CNI CHECK for every plugin of the pod's networks.
+    Check(PodRefArgs),
+}
+
+/// `meshctl local pod add`.
+#[derive(Debug, Args)]
+pub struct PodAddArgs {
+    /// Pod name.
+    #[arg(value_name = "NAME")]
+    pub pod: String,
+    /// Kubernetes namespace.
+    #[arg(long, short = 'n', default_value = "default")]
+    pub namespace: String,
+    /// Node to run on [default: the node with the fewest pods].
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Service account (the pod's identity).
+    #[arg(long = "sa", default_value = "default", value_name = "SA")]
+    pub service_account: String,
+    /// A pod label; repeatable.
+    #[arg(long = "label", short = 'l', value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// How long to wait for the node's ztunnel (socket and readiness).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub ready_timeout: Duration,
+    /// Command to run in the pod (output to the pod's app.log), e.g.
+    /// `-- python3 examples/apps/server.py --bind 0.0.0.0 --port 8080`.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// A pod by name.
+#[derive(Debug, Args)]
+pub struct PodRefArgs {
+    /// Pod name.
+    #[arg(value_name = "NAME")]
+    pub pod: String,
+    /// Kubernetes namespace.
+    #[arg(long, short = 'n', default_value = "default")]
+    pub namespace: String,
+}
+
+/// `meshctl local exec`.
+#[derive(Debug, Args)]
+pub struct LocalExecArgs {
+    /// Pod name.
+    #[arg(value_name = "NAME")]
+    pub pod: String,
+    /// Kubernetes namespace.
+    #[arg(long, short = 'n', default_value = "default")]
+    pub namespace: String,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// `meshctl local namespace`.
+#[derive(Debug, Args)]
+pub struct LocalNamespaceArgs {
+    /// Namespace name.
+    #[arg(value_name = "NS")]
+    pub namespace: String,
+    /// A label (the full set: labels not given are removed); repeatable.
+    #[arg(long = "label", short = 'l', value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+}
+
+/// `meshctl local status`.
+#[derive(Debug, Args)]
+pub struct LocalStatusArgs {
+    /// Output format (json: the state with liveness of every process).
+    #[arg(long, short = 'o', value_enum, default_value = "table")]
+    pub output: Format,
+}
+
+/// Parses a Kubernetes label `key=value` (value may be empty).
+pub fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))?;
+    let key_ok = !k.is_empty()
+        && k.len() <= 253
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '/'));
+    if !key_ok {
+        return Err(format!("label key {k:?} is not a Kubernetes label key"));
+    }
+    let value_ok = v.len() <= 63
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    if !value_ok {
+        return Err(format!(
+            "label value {v:?}: at most 63 letters, digits, '.', '-', '_'"
+        ));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
 /// Parses `250ms`, `5s`, `2m`, `1h`, or plain seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = mesh_config::parse_duration(s)
@@ -182,5 +353,61 @@ mod tests {
         assert_eq!(s.scrape, vec!["a:1", "b:2"]);
         assert!(Cli::try_parse_from(["meshctl", "check", "--pre", "--post"]).is_err());
         assert!(Cli::try_parse_from(["meshctl", "ztunnel-config", "nope"]).is_err());
+    }
+
+    #[test]
+    fn local_command_line_shapes() {
+        let c = Cli::try_parse_from([
+            "meshctl",
+            "local",
+            "pod",
+            "add",
+            "web",
+            "-n",
+            "demo",
+            "--node",
+            "node-2",
+            "--sa",
+            "web",
+            "--label",
+            "app=web",
+            "--name",
+            "c1",
+            "--",
+            "python3",
+            "-m",
+            "http.server",
+        ])
+        .unwrap();
+        let Command::Local(l) = c.command else {
+            panic!()
+        };
+        assert_eq!(l.cluster, "c1");
+        let LocalCommand::Pod(PodCommand::Add(a)) = l.command else {
+            panic!()
+        };
+        assert_eq!(a.pod, "web");
+        assert_eq!(a.namespace, "demo");
+        assert_eq!(a.node.as_deref(), Some("node-2"));
+        assert_eq!(a.labels, vec![("app".to_string(), "web".to_string())]);
+        assert_eq!(a.command, vec!["python3", "-m", "http.server"]);
+        let c =
+            Cli::try_parse_from(["meshctl", "local", "up", "--nodes", "3", "--no-mesh"]).unwrap();
+        let Command::Local(l) = c.command else {
+            panic!()
+        };
+        assert_eq!(l.cluster, "ambient");
+        let LocalCommand::Up(u) = l.command else {
+            panic!()
+        };
+        assert!(u.no_mesh);
+        assert_eq!(u.nodes, 3);
+        assert!(Cli::try_parse_from(["meshctl", "local", "up", "--nodes", "0"]).is_err());
+        assert!(Cli::try_parse_from(["meshctl", "local", "exec", "p"]).is_err());
+        assert!(Cli::try_parse_from(["meshctl", "local", "namespace", "a", "-l", "bad"]).is_err());
+        assert!(parse_label("istio.io/dataplane-mode=ambient").is_ok());
+        assert!(parse_label("k=").is_ok());
+        assert!(parse_label("=v").is_err());
+        assert!(parse_label("k=a b").is_err());
     }
 }

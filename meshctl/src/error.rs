@@ -49,6 +49,9 @@ pub enum Error {
     /// Writing the output failed.
     #[error("writing output: {0}")]
     Output(#[from] std::io::Error),
+    /// `meshctl local` failed.
+    #[error(transparent)]
+    Local(#[from] crate::cmd::local::LocalError),
 }
 
 impl Error {
@@ -58,11 +61,16 @@ impl Error {
             Error::Usage(_) => EXIT_USAGE,
             Error::Unreachable { .. } | Error::BadResponse { .. } => EXIT_UNREACHABLE,
             Error::CheckFailed(_) | Error::Output(_) => EXIT_FAILED,
+            Error::Local(e) => e.exit_code(),
         }
     }
 
     /// True when the error was already reported on stdout (check results).
     pub fn is_silent(&self) -> bool {
-        matches!(self, Error::CheckFailed(_))
+        match self {
+            Error::CheckFailed(_) => true,
+            Error::Local(e) => e.is_silent(),
+            _ => false,
+        }
     }
 }

@@ -9,7 +9,8 @@
 //!   destinations outside the mesh `127.0.3.x`.
 //! - Helpers: [`socks5`] client, [`apps`] (echo/bulk servers on a pod IP), [`prom`] (scrape and
 //!   parse labelled Prometheus series), [`http`] (tiny HTTP/1.1 GET), [`ca`] (the CA API as a
-//!   ztunnel calls it), [`netns`] (network namespaces for the root-only capture test).
+//!   ztunnel calls it), [`netns`] (network namespaces for the root-only capture test), [`local`]
+//!   (drives `meshctl local` clusters and snapshots the root network namespace).
 //!
 //! Binaries are found next to the test executable (`target/debug/{istiod-lite,ztunnel}`), or in
 //! `$MESH_BIN_DIR`. Build them first: `cargo build --bins` (`make test` does).
@@ -18,6 +19,7 @@ pub mod apps;
 pub mod bins;
 pub mod ca;
 pub mod http;
+pub mod local;
 pub mod mesh;
 pub mod netns;
 pub mod process;

@@ -1,0 +1,198 @@
+//! Driving `meshctl local` from tests (root only): a [`LocalCluster`] guard that runs the real
+//! `meshctl` binary with a private cluster name and state directory and always takes the
+//! cluster down on drop, and [`RootNet`], a snapshot of the machine's own network namespace to
+//! prove the tool never touched it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::Value;
+
+use crate::bins;
+
+/// Where `ip netns add` puts namespaces.
+pub const NETNS_DIR: &str = "/run/netns";
+
+/// A cluster created by `meshctl local up`; `meshctl local down` (then a by-name sweep of its
+/// namespaces) runs on drop, whatever happened in the test.
+pub struct LocalCluster {
+    /// Cluster name (`--name`).
+    pub name: String,
+    /// State directory (`--state-dir`).
+    pub dir: PathBuf,
+    meshctl: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl LocalCluster {
+    /// A fresh name and state directory; nothing is created until [`LocalCluster::meshctl`]
+    /// runs `up`.
+    pub fn new() -> anyhow::Result<Self> {
+        let name = format!("e2e-{:06x}", rand::random::<u32>() & 0xff_ffff);
+        // Short: ztunnel's unix socket lives under it (108-byte limit).
+        let tmp = tempfile::Builder::new()
+            .prefix("ambrs-")
+            .tempdir_in("/tmp")
+            .context("creating the state dir")?;
+        Ok(LocalCluster {
+            name,
+            dir: tmp.path().join("state"),
+            meshctl: bins::bin("meshctl")?,
+            _tmp: tmp,
+        })
+    }
+
+    /// `meshctl local --name N --state-dir D <args>`; returns the output whatever the status.
+    pub fn meshctl(&self, args: &[&str]) -> anyhow::Result<Output> {
+        let mut c = Command::new(&self.meshctl);
+        c.arg("local")
+            .args(["--name", &self.name])
+            .arg("--state-dir")
+            .arg(&self.dir)
+            .args(args)
+            .env("NO_COLOR", "1");
+        let out = c.output().with_context(|| format!("running {c:?}"))?;
+        eprintln!(
+            "$ meshctl local {} -> {}\n{}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(out)
+    }
+
+    /// Like [`LocalCluster::meshctl`] but requires success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.meshctl(args)?;
+        anyhow::ensure!(
+            out.status.success(),
+            "meshctl local {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `status -o json`.
+    pub fn status(&self) -> anyhow::Result<Value> {
+        Ok(serde_json::from_str(&self.ok(&["status", "-o", "json"])?)?)
+    }
+
+    /// The namespaces of this cluster present under /run/netns.
+    pub fn namespaces(&self) -> Vec<String> {
+        let prefix = format!("ambrs-{}", self.name);
+        let mut v: Vec<String> = std::fs::read_dir(NETNS_DIR)
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .filter(|n| *n == prefix || n.starts_with(&format!("{prefix}.")))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Runs `argv` inside namespace `ns` (`nsenter --net=/run/netns/<ns>`).
+    pub fn in_netns(ns: &str, argv: &[&str]) -> anyhow::Result<Output> {
+        Command::new("nsenter")
+            .arg(format!("--net={NETNS_DIR}/{ns}"))
+            .arg("--")
+            .args(argv)
+            .output()
+            .with_context(|| format!("nsenter into {ns}"))
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        let _ = self.meshctl(&["down"]);
+        // If down failed, sweep by name: stop what runs inside, then delete.
+        for ns in self.namespaces() {
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", &ns]).output() {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            }
+            let _ = Command::new("ip").args(["netns", "delete", &ns]).status();
+        }
+    }
+}
+
+/// The machine's own network configuration: `ip -j addr|route|rule|link`, with the fields that
+/// change by themselves (address lifetimes) removed.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RootNet {
+    /// (what, normalised JSON).
+    pub parts: Vec<(String, String)>,
+}
+
+impl RootNet {
+    /// Takes the snapshot.
+    pub fn take() -> anyhow::Result<RootNet> {
+        let mut parts = Vec::new();
+        for what in ["addr", "route", "rule", "link"] {
+            let out = Command::new("ip").args(["-j", what]).output()?;
+            anyhow::ensure!(out.status.success(), "ip -j {what} failed");
+            let mut v: Value = serde_json::from_slice(&out.stdout)
+                .with_context(|| format!("ip -j {what} is not JSON"))?;
+            strip(&mut v);
+            parts.push((what.to_string(), v.to_string()));
+        }
+        Ok(RootNet { parts })
+    }
+
+    /// Fails naming the first part that differs from `before`.
+    pub fn ensure_same_as(&self, before: &RootNet) -> anyhow::Result<()> {
+        for ((what, a), (_, b)) in before.parts.iter().zip(&self.parts) {
+            anyhow::ensure!(
+                a == b,
+                "the root network namespace changed (`ip -j {what}`):\nbefore: {a}\nafter:  {b}"
+            );
+        }
+        Ok(())
+    }
+}
+
+fn strip(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            m.remove("valid_life_time");
+            m.remove("preferred_life_time");
+            m.values_mut().for_each(strip);
+        }
+        Value::Array(a) => a.iter_mut().for_each(strip),
+        _ => {}
+    }
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or fails after `timeout` naming `what`
+/// (the readiness signal of a synchronous test).
+pub fn poll<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<T> {
+    let start = Instant::now();
+    let mut last = String::new();
+    loop {
+        match check() {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last = format!("{e:#}"),
+        }
+        anyhow::ensure!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}; last error: {last}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The repository root (for examples/apps/server.py).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
