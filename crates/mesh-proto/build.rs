@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/xds.proto",
         "proto/ca.proto",
         "proto/status.proto",
+        "proto/route.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -1,8 +1,15 @@
-//! Node bootstrap tokens: `<node>.<hex HMAC-SHA256(secret, node)>`.
+//! Bootstrap tokens: `<subject>.<hex HMAC-SHA256(secret, subject)>`.
 //!
-//! Stands in for Kubernetes ServiceAccount tokens in local mode: a ztunnel proves which node it
-//! runs on, and the CA and xDS server authorize by that node. The secret is 32 random bytes kept
-//! (hex encoded) in `STATE_DIR/node-token.key`, created on first use with mode 0600.
+//! Stands in for Kubernetes ServiceAccount tokens in local mode. Two kinds of subject:
+//! * a node name: a ztunnel proves which node it runs on, and the CA and xDS server authorize
+//!   by that node;
+//! * `waypoint:<namespace>/<gateway>`: a waypoint proves which Gateway it runs for; it may get
+//!   exactly the certificate `spiffe://<td>/ns/<namespace>/sa/<gateway>` and that waypoint's
+//!   routes. Node names cannot contain `:` or `/` (Kubernetes names are DNS subdomains), so the
+//!   two kinds can never be confused.
+//!
+//! The secret is 32 random bytes kept (hex encoded) in `STATE_DIR/node-token.key`, created on
+//! first use with mode 0600.
 
 use std::fs;
 use std::io::Write;
@@ -48,6 +55,63 @@ pub enum AuthError {
     /// The system random generator failed.
     #[error("system random generator failed")]
     Random,
+}
+
+/// Prefix of a waypoint token's subject.
+pub const WAYPOINT_SUBJECT_PREFIX: &str = "waypoint:";
+
+/// Who a valid token names.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Principal {
+    /// A ztunnel on this node.
+    Node(String),
+    /// The waypoint of Gateway `namespace/name`.
+    Waypoint {
+        /// Gateway namespace.
+        namespace: String,
+        /// Gateway name (= the waypoint's service account).
+        name: String,
+    },
+}
+
+impl Principal {
+    /// The token subject naming this principal.
+    pub fn subject(&self) -> String {
+        match self {
+            Principal::Node(n) => n.clone(),
+            Principal::Waypoint { namespace, name } => {
+                format!("{WAYPOINT_SUBJECT_PREFIX}{namespace}/{name}")
+            }
+        }
+    }
+
+    fn from_subject(subject: &str) -> Result<Self, AuthError> {
+        match subject.strip_prefix(WAYPOINT_SUBJECT_PREFIX) {
+            None => Ok(Principal::Node(subject.to_string())),
+            Some(rest) => match rest.split_once('/') {
+                Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+                    Ok(Principal::Waypoint {
+                        namespace: ns.to_string(),
+                        name: name.to_string(),
+                    })
+                }
+                _ => Err(AuthError::Malformed(
+                    "waypoint token subject must be waypoint:<namespace>/<gateway>",
+                )),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Principal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.subject())
+    }
+}
+
+/// True when `node` can be a node token's subject (no `:` or `/`, which waypoint subjects use).
+pub fn valid_node_name(node: &str) -> bool {
+    !node.is_empty() && !node.contains([':', '/'])
 }
 
 /// Issues and verifies node tokens.
@@ -155,7 +219,21 @@ impl NodeTokens {
         Ok(node.to_string())
     }
 
-    /// Extracts and verifies the bearer token of a gRPC call; returns the caller's node.
+    /// The token of `principal`.
+    pub fn token_for_principal(&self, principal: &Principal) -> String {
+        self.token_for(&principal.subject())
+    }
+
+    /// Extracts and verifies the bearer token of a gRPC call; returns who it names.
+    pub fn authenticate_principal(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Result<Principal, AuthError> {
+        Principal::from_subject(&self.authenticate(metadata)?)
+    }
+
+    /// Extracts and verifies the bearer token of a gRPC call; returns its subject (a node name,
+    /// or `waypoint:<ns>/<name>`).
     pub fn authenticate(
         &self,
         metadata: &tonic::metadata::MetadataMap,
@@ -239,6 +317,38 @@ mod tests {
             NodeTokens::load_or_create(&state),
             Err(AuthError::BadSecret { .. })
         ));
+    }
+
+    #[test]
+    fn waypoint_tokens_name_a_gateway() {
+        let t = NodeTokens::from_secret(b"k");
+        let p = Principal::Waypoint {
+            namespace: "app".into(),
+            name: "waypoint".into(),
+        };
+        let tok = t.token_for_principal(&p);
+        assert!(tok.starts_with("waypoint:app/waypoint."), "{tok}");
+        let mut md = tonic::metadata::MetadataMap::new();
+        md.insert("authorization", format!("Bearer {tok}").parse().unwrap());
+        assert_eq!(t.authenticate_principal(&md).unwrap(), p);
+        md.insert(
+            "authorization",
+            format!("Bearer {}", t.token_for("n1")).parse().unwrap(),
+        );
+        assert_eq!(
+            t.authenticate_principal(&md).unwrap(),
+            Principal::Node("n1".into())
+        );
+        // A validly signed but malformed waypoint subject is refused.
+        md.insert(
+            "authorization",
+            format!("Bearer {}", t.token_for("waypoint:app"))
+                .parse()
+                .unwrap(),
+        );
+        assert!(t.authenticate_principal(&md).is_err());
+        assert!(!valid_node_name("waypoint:app/w"));
+        assert!(valid_node_name("ip-10-0-0-1.ec2.internal"));
     }
 
     #[test]

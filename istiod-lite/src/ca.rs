@@ -2,7 +2,9 @@
 //!
 //! A caller proves its node with a node token. It may get a certificate only for the service
 //! account of a pod scheduled on that node (Istio's NodeAuthorizer rule for ztunnels), and when
-//! it names an `ImpersonatedIdentity` that must be the CSR's identity.
+//! it names an `ImpersonatedIdentity` that must be the CSR's identity. A waypoint token
+//! (`waypoint:<ns>/<gateway>`) authorizes exactly `spiffe://<td>/ns/<ns>/sa/<gateway>`, the
+//! identity Istio gives a waypoint (its service account is named after its Gateway).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +18,7 @@ use mesh_proto::ca::{IstioCertificateRequest, IstioCertificateResponse};
 use tokio::sync::watch;
 use tonic::{Code, Request, Response, Status};
 
-use crate::auth::NodeTokens;
+use crate::auth::{NodeTokens, Principal};
 use crate::source::ConfigSnapshot;
 
 /// Metric: CSRs received (Istio's name).
@@ -88,7 +90,11 @@ impl CaService {
         IstioCertificateServiceServer::new(self)
     }
 
-    fn authorize(&self, node: &str, req: &IstioCertificateRequest) -> Result<Identity, Refusal> {
+    fn authorize(
+        &self,
+        principal: &Principal,
+        req: &IstioCertificateRequest,
+    ) -> Result<Identity, Refusal> {
         let identity = self.ca.csr_identity(&req.csr).map_err(|e| match e {
             CaError::WrongTrustDomain { .. } => Refusal {
                 code: Code::PermissionDenied,
@@ -119,6 +125,22 @@ impl CaService {
             }
         }
 
+        let node = match principal {
+            Principal::Node(n) => n.as_str(),
+            Principal::Waypoint { namespace, name } => {
+                if identity.namespace == *namespace && identity.service_account == *name {
+                    return Ok(identity);
+                }
+                return Err(Refusal {
+                    code: Code::PermissionDenied,
+                    reason: "not_waypoint_identity",
+                    message: format!(
+                        "the token of waypoint {namespace}/{name} only authorizes spiffe://{}/ns/{namespace}/sa/{name}, not {identity}",
+                        self.ca.trust_domain()
+                    ),
+                });
+            }
+        };
         let cfg = self.config.borrow().clone();
         let on_node = cfg.pods_on_node(node).any(|p| {
             p.metadata.ns() == identity.namespace && p.service_account() == identity.service_account
@@ -170,8 +192,8 @@ impl IstioCertificateService for CaService {
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
         metrics::counter!(CSR_COUNT).increment(1);
-        let node = match self.tokens.authenticate(request.metadata()) {
-            Ok(n) => n,
+        let principal = match self.tokens.authenticate_principal(request.metadata()) {
+            Ok(p) => p,
             Err(e) => {
                 metrics::counter!(AUTHENTICATION_FAILURE_COUNT).increment(1);
                 return Err(refuse(
@@ -185,8 +207,9 @@ impl IstioCertificateService for CaService {
             }
         };
         let req = request.into_inner();
+        let node = principal.to_string();
         let identity = self
-            .authorize(&node, &req)
+            .authorize(&principal, &req)
             .map_err(|r| refuse(Some(&node), r))?;
 
         let requested = Duration::from_secs(u64::try_from(req.validity_duration).unwrap_or(0));

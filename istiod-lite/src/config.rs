@@ -49,6 +49,8 @@ pub const USAGE: &str = "\
 usage: istiod-lite [flags]              run the control plane
        istiod-lite node-token --state-dir DIR --node NODE
                                         print the bootstrap token of a node
+       istiod-lite waypoint-token --state-dir DIR --namespace NS --gateway NAME
+                                        print the bootstrap token of a waypoint
 
 flags (each also read from the environment variable in brackets; a flag wins):
   --config-dir DIR              [CONFIG_DIR] YAML config directory (watched)
@@ -105,6 +107,15 @@ pub enum Command {
         state_dir: PathBuf,
         /// Node name the token is for.
         node: String,
+    },
+    /// Print the bootstrap token of the waypoint of Gateway `namespace/gateway`.
+    WaypointToken {
+        /// Directory holding node-token.key.
+        state_dir: PathBuf,
+        /// Gateway namespace.
+        namespace: String,
+        /// Gateway name (the waypoint's service account).
+        gateway: String,
     },
 }
 
@@ -184,9 +195,42 @@ pub fn parse(args: &[String], env: &dyn Env) -> Result<Command, ConfigError> {
         if node.is_empty() {
             return Err(ConfigError::Required("--node"));
         }
+        if !crate::auth::valid_node_name(&node) {
+            return Err(invalid("--node", &node, "a node name has no ':' or '/'"));
+        }
         return Ok(Command::NodeToken {
             state_dir: PathBuf::from(state_dir),
             node,
+        });
+    }
+
+    if args.first().map(String::as_str) == Some("waypoint-token") {
+        let flags = parse_flags(&args[1..], &["--state-dir", "--namespace", "--gateway"])?;
+        let state_dir = flags
+            .get("--state-dir")
+            .cloned()
+            .or_else(|| env.get(STATE_DIR))
+            .unwrap_or_else(|| DEFAULT_STATE_DIR.to_string());
+        let required = |flag: &'static str| -> Result<String, ConfigError> {
+            let v = flags.get(flag).cloned().unwrap_or_default();
+            if v.is_empty() {
+                return Err(ConfigError::Required(flag));
+            }
+            if v.contains(['/', ':']) || v.contains(char::is_whitespace) {
+                return Err(invalid(
+                    flag,
+                    &v,
+                    "a Kubernetes name has no '/', ':' or spaces",
+                ));
+            }
+            Ok(v)
+        };
+        let namespace = required("--namespace")?;
+        let gateway = required("--gateway")?;
+        return Ok(Command::WaypointToken {
+            state_dir: PathBuf::from(state_dir),
+            namespace,
+            gateway,
         });
     }
 
@@ -428,6 +472,41 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         assert!(parse(&args(&["node-token", "--state-dir", "/s"]), &env(&[])).is_err());
+        assert!(parse(&args(&["node-token", "--node", "waypoint:a/b"]), &env(&[])).is_err());
+    }
+
+    #[test]
+    fn waypoint_token_command() {
+        match parse(
+            &args(&[
+                "waypoint-token",
+                "--state-dir",
+                "/s",
+                "--namespace",
+                "app",
+                "--gateway",
+                "waypoint",
+            ]),
+            &env(&[]),
+        )
+        .unwrap()
+        {
+            Command::WaypointToken {
+                state_dir,
+                namespace,
+                gateway,
+            } => {
+                assert_eq!(state_dir, PathBuf::from("/s"));
+                assert_eq!((namespace.as_str(), gateway.as_str()), ("app", "waypoint"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(parse(&args(&["waypoint-token", "--namespace", "app"]), &env(&[])).is_err());
+        assert!(parse(
+            &args(&["waypoint-token", "--namespace", "a/b", "--gateway", "w"]),
+            &env(&[])
+        )
+        .is_err());
     }
 
     #[test]

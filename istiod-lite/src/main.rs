@@ -21,6 +21,19 @@ fn main() -> anyhow::Result<()> {
             println!("{}", tokens.token_for(&node));
             Ok(())
         }
+        Command::WaypointToken {
+            state_dir,
+            namespace,
+            gateway,
+        } => {
+            let tokens = istiod_lite::auth::NodeTokens::load_or_create(&state_dir)?;
+            let p = istiod_lite::auth::Principal::Waypoint {
+                namespace,
+                name: gateway,
+            };
+            println!("{}", tokens.token_for_principal(&p));
+            Ok(())
+        }
         Command::Serve(cfg) => {
             tracing_subscriber::fmt()
                 .with_env_filter(

@@ -6,6 +6,8 @@
 //! - [`csr`]: key + CSR generation for an identity.
 //! - [`tls`]: HBONE server/client rustls configs with Istio's SPIFFE verification.
 //! - [`ca`]: a signing CA (self-signed root persisted on disk, or Istio plug-in `cacerts`).
+//! - [`manager`]: the certificate manager of ztunnel and the waypoint (fetch, rotate at half
+//!   life, serve TLS configs).
 
 // Tests may unwrap; the workspace lint is for production code.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -13,6 +15,7 @@
 pub mod ca;
 pub mod cert;
 pub mod csr;
+pub mod manager;
 pub mod spiffe;
 pub mod tls;
 

@@ -1,6 +1,6 @@
 //! Protobuf messages and gRPC services that ambient-rs speaks, wire-compatible with Istio:
 //! delta ADS ([`xds`]), workload addresses ([`workload`]), L4 authorization ([`security`])
-//! and the certificate service ([`ca`]).
+//! the certificate service ([`ca`]) and our own waypoint routing resources ([`route`]).
 #![allow(clippy::all)]
 
 // Modules nest as the protobuf packages do, because generated code refers across packages
@@ -16,6 +16,15 @@ pub mod istio {
     pub mod v1 {
         pub mod auth {
             tonic::include_proto!("istio.v1.auth");
+        }
+    }
+}
+
+#[allow(missing_docs)]
+pub mod ambient {
+    pub mod route {
+        pub mod v1 {
+            tonic::include_proto!("ambient.route.v1");
         }
     }
 }
@@ -46,11 +55,16 @@ pub use istio::security;
 pub use istio::v1::auth as ca;
 /// `istio.workload`: Workload and Service resources pushed to ztunnels.
 pub use istio::workload;
+/// `ambient.route.v1`: our own waypoint routing resources (not an Istio API).
+pub use ambient::route::v1 as route;
 
 /// Type URL of `istio.workload.Address` resources.
 pub const ADDRESS_TYPE_URL: &str = "type.googleapis.com/istio.workload.Address";
 /// Type URL of `istio.security.Authorization` resources.
 pub const AUTHORIZATION_TYPE_URL: &str = "type.googleapis.com/istio.security.Authorization";
+
+/// Type URL of `ambient.route.v1.ServiceRoutes` resources (waypoints only).
+pub const SERVICE_ROUTES_TYPE_URL: &str = "type.googleapis.com/ambient.route.v1.ServiceRoutes";
 
 /// Wraps a message in a `google.protobuf.Any` with the given type URL.
 pub fn to_any<M: prost::Message>(type_url: &str, msg: &M) -> prost_types::Any {

@@ -3,7 +3,9 @@
 
 pub mod authorization;
 pub mod peer_authentication;
+pub mod routes;
 pub mod service;
+pub mod waypoint;
 pub mod workload;
 
 #[cfg(test)]
@@ -14,11 +16,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mesh_proto::workload::{address, Address};
-use mesh_proto::{to_any, ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
+use mesh_proto::{to_any, ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, SERVICE_ROUTES_TYPE_URL};
 use tokio::sync::watch;
 
 use self::authorization::{PolicyWarning, POLICY_WARNINGS_TOTAL};
-use crate::source::ConfigSnapshot;
+use crate::source::{ConfigSnapshot, ObjectKey};
 
 /// Metric: debounced pushes triggered by config changes (Istio's name).
 pub const PUSH_TRIGGERS: &str = "pilot_push_triggers";
@@ -150,6 +152,9 @@ pub struct Snapshot {
     pub types: BTreeMap<&'static str, TypeSnapshot>,
     /// Policy warnings of this generation (each logged and counted once, when it first appears).
     pub policy_warnings: BTreeSet<PolicyWarning>,
+    /// Per-waypoint views of `ambient.route.v1.ServiceRoutes`, by Gateway `namespace/name`:
+    /// each waypoint is served only its own Services' routes.
+    pub waypoints: BTreeMap<ObjectKey, TypeSnapshot>,
 }
 
 impl Snapshot {
@@ -163,7 +168,13 @@ impl Snapshot {
                 .map(|t| (*t, TypeSnapshot::default()))
                 .collect(),
             policy_warnings: BTreeSet::new(),
+            waypoints: BTreeMap::new(),
         }
+    }
+
+    /// The route resources of waypoint `key` (None when no such waypoint Gateway exists).
+    pub fn waypoint(&self, key: &ObjectKey) -> Option<&TypeSnapshot> {
+        self.waypoints.get(key)
     }
 
     /// Resources of a type (None for types we do not serve).
@@ -175,6 +186,7 @@ impl Snapshot {
     pub fn has_changes(&self) -> bool {
         self.types
             .values()
+            .chain(self.waypoints.values())
             .any(|t| t.delta.as_ref().is_none_or(|d| !d.is_empty()))
     }
 }
@@ -220,11 +232,39 @@ pub fn build(
             .map(|(g, old)| diff(g, &old.resources, &resources));
         types.insert(type_url, TypeSnapshot { resources, delta });
     }
+    let mut waypoints = BTreeMap::new();
+    for (key, routes) in routes::translate(cfg, params) {
+        let mut resources = ResourceMap::new();
+        for (name, r) in routes {
+            insert(
+                &mut resources,
+                Resource::new(SERVICE_ROUTES_TYPE_URL, name, &r),
+            );
+        }
+        let delta = prev.map(|p| {
+            let empty = ResourceMap::new();
+            let old = p.waypoints.get(&key).map_or(&empty, |t| &t.resources);
+            diff(p.generation, old, &resources)
+        });
+        waypoints.insert(key, TypeSnapshot { resources, delta });
+    }
+    // A waypoint Gateway that went away keeps an empty view for one generation, so its
+    // connected clients are sent the removals.
+    if let Some(p) = prev {
+        for (key, old) in &p.waypoints {
+            if !waypoints.contains_key(key) && !old.resources.is_empty() {
+                let resources = ResourceMap::new();
+                let delta = Some(diff(p.generation, &old.resources, &resources));
+                waypoints.insert(key.clone(), TypeSnapshot { resources, delta });
+            }
+        }
+    }
     Snapshot {
         generation,
         created: Instant::now(),
         types,
         policy_warnings,
+        waypoints,
     }
 }
 

@@ -106,13 +106,19 @@ pub fn translate_service(svc: &Service) -> XdsService {
     }
 }
 
-/// All services, keyed by `<namespace>/<hostname>`.
+/// All services, keyed by `<namespace>/<hostname>`, with their waypoint, plus the Services of
+/// waypoints the config does not declare (see [`super::waypoint::waypoint_services`]).
 pub fn translate(cfg: &ConfigSnapshot) -> Vec<(String, XdsService)> {
-    cfg.services
+    let mut out: Vec<(String, XdsService)> = cfg
+        .services
         .values()
         .map(|svc| {
-            let s = translate_service(svc);
+            let mut s = translate_service(svc);
+            s.waypoint = super::waypoint::service_waypoint(cfg, svc)
+                .map(|k| super::waypoint::gateway_address(&k));
             (service_key(&s.namespace, &s.hostname), s)
         })
-        .collect()
+        .collect();
+    out.extend(super::waypoint::waypoint_services(cfg));
+    out
 }

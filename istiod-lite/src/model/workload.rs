@@ -69,7 +69,7 @@ pub fn canonical_revision(pod: &Pod) -> String {
     .to_string()
 }
 
-fn ip_bytes(ip: IpAddr) -> Vec<u8> {
+pub(crate) fn ip_bytes(ip: IpAddr) -> Vec<u8> {
     match ip {
         IpAddr::V4(v4) => v4.octets().to_vec(),
         IpAddr::V6(v6) => v6.octets().to_vec(),
@@ -92,7 +92,10 @@ pub fn translate_pod(
     }
     let ns = pod.metadata.ns();
     let name = &pod.metadata.name;
-    let tunnel = if is_ambient(pod, cfg.namespace_labels(ns)) {
+    let is_waypoint = super::waypoint::is_waypoint_pod(cfg, pod);
+    // A waypoint terminates HBONE itself (its own 15008 listener): it is reached over HBONE
+    // but is not captured by ztunnel (native_tunnel), whatever its namespace's mode.
+    let tunnel = if is_waypoint || is_ambient(pod, cfg.namespace_labels(ns)) {
         TunnelProtocol::Hbone
     } else {
         TunnelProtocol::None
@@ -123,6 +126,10 @@ pub fn translate_pod(
         );
     }
 
+    if let Some((key, port)) = super::waypoint::waypoint_pod_service(cfg, pod) {
+        services.insert(key, PortList { ports: vec![port] });
+    }
+
     let mut w = Workload {
         uid: workload_uid(&params.cluster_id, ns, name),
         name: name.clone(),
@@ -137,6 +144,9 @@ pub fn translate_pod(
         services,
         authorization_policies: policies.for_workload(ns, &pod.metadata.labels),
         cluster_id: params.cluster_id.clone(),
+        native_tunnel: is_waypoint,
+        waypoint: super::waypoint::pod_waypoint(cfg, pod)
+            .map(|k| super::waypoint::gateway_address(&k)),
         ..Default::default()
     };
     w.set_tunnel_protocol(tunnel);

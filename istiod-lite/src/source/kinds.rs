@@ -11,6 +11,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 
+use super::gateway::{Gateway, GrpcRoute, HttpRoute, GATEWAY_GROUP, GATEWAY_VERSIONS};
 use super::security::{AuthorizationPolicy, PeerAuthentication, SECURITY_GROUP, SECURITY_VERSIONS};
 
 /// A field-level problem in one object.
@@ -388,6 +389,12 @@ pub enum Object {
     AuthorizationPolicy(Arc<AuthorizationPolicy>),
     /// A security.istio.io PeerAuthentication.
     PeerAuthentication(Arc<PeerAuthentication>),
+    /// A gateway.networking.k8s.io Gateway.
+    Gateway(Arc<Gateway>),
+    /// A gateway.networking.k8s.io HTTPRoute.
+    HttpRoute(Arc<HttpRoute>),
+    /// A gateway.networking.k8s.io GRPCRoute.
+    GrpcRoute(Arc<GrpcRoute>),
 }
 
 impl From<Namespace> for Object {
@@ -421,6 +428,22 @@ impl From<PeerAuthentication> for Object {
     }
 }
 
+impl From<Gateway> for Object {
+    fn from(v: Gateway) -> Self {
+        Object::Gateway(Arc::new(v))
+    }
+}
+impl From<HttpRoute> for Object {
+    fn from(v: HttpRoute) -> Self {
+        Object::HttpRoute(Arc::new(v))
+    }
+}
+impl From<GrpcRoute> for Object {
+    fn from(v: GrpcRoute) -> Self {
+        Object::GrpcRoute(Arc::new(v))
+    }
+}
+
 impl Object {
     /// The `kind:` string.
     pub fn kind(&self) -> &'static str {
@@ -431,6 +454,9 @@ impl Object {
             Object::ServiceAccount(_) => ServiceAccount::KIND,
             Object::AuthorizationPolicy(_) => AuthorizationPolicy::KIND,
             Object::PeerAuthentication(_) => PeerAuthentication::KIND,
+            Object::Gateway(_) => Gateway::KIND,
+            Object::HttpRoute(_) => HttpRoute::KIND,
+            Object::GrpcRoute(_) => GrpcRoute::KIND,
         }
     }
 
@@ -443,6 +469,9 @@ impl Object {
             Object::ServiceAccount(o) => &o.metadata,
             Object::AuthorizationPolicy(o) => &o.metadata,
             Object::PeerAuthentication(o) => &o.metadata,
+            Object::Gateway(o) => &o.metadata,
+            Object::HttpRoute(o) => &o.metadata,
+            Object::GrpcRoute(o) => &o.metadata,
         }
     }
 }
@@ -477,6 +506,30 @@ pub fn decode_kind(kind: &str, value: serde_yaml_ng::Value) -> Result<Option<Obj
                 decode::<AuthorizationPolicy>(value).map(Some)
             } else {
                 decode::<PeerAuthentication>(value).map(Some)
+            }
+        }
+        Gateway::KIND | HttpRoute::KIND | GrpcRoute::KIND => {
+            // Only the Gateway API group; another group's kind of the same name is not ours.
+            match value
+                .get("apiVersion")
+                .and_then(serde_yaml_ng::Value::as_str)
+            {
+                None => {}
+                Some(v) => match v.split_once('/') {
+                    Some((GATEWAY_GROUP, version)) if GATEWAY_VERSIONS.contains(&version) => {}
+                    Some((GATEWAY_GROUP, _)) => {
+                        return Err(FieldError::new(
+                            "apiVersion",
+                            format!("{v} is not supported; use {GATEWAY_GROUP}/v1"),
+                        ))
+                    }
+                    _ => return Ok(None),
+                },
+            }
+            match kind {
+                Gateway::KIND => decode::<Gateway>(value).map(Some),
+                HttpRoute::KIND => decode::<HttpRoute>(value).map(Some),
+                _ => decode::<GrpcRoute>(value).map(Some),
             }
         }
         _ => Ok(None),

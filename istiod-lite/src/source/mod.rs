@@ -3,6 +3,7 @@
 //! [`FileStore`] keeps the parsed objects per file; [`FileStore::snapshot`] merges them into one
 //! immutable [`ConfigSnapshot`] which the watcher publishes on a `watch` channel.
 
+pub mod gateway;
 pub mod kinds;
 pub mod parse;
 pub mod security;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+pub use self::gateway::{Gateway, GrpcRoute, HttpRoute};
 pub use self::kinds::{Namespace, Object, ObjectMeta, Pod, Service, ServiceAccount};
 pub use self::parse::{parse_file, ConfigError};
 pub use self::security::{AuthorizationPolicy, PeerAuthentication};
@@ -81,6 +83,15 @@ pub struct ConfigSnapshot {
     /// PeerAuthentications.
     #[serde(serialize_with = "ser_keyed")]
     pub peer_authentications: BTreeMap<ObjectKey, Arc<PeerAuthentication>>,
+    /// Gateways (waypoints are those of class `istio-waypoint`).
+    #[serde(serialize_with = "ser_keyed")]
+    pub gateways: BTreeMap<ObjectKey, Arc<Gateway>>,
+    /// HTTPRoutes.
+    #[serde(serialize_with = "ser_keyed")]
+    pub http_routes: BTreeMap<ObjectKey, Arc<HttpRoute>>,
+    /// GRPCRoutes.
+    #[serde(serialize_with = "ser_keyed")]
+    pub grpc_routes: BTreeMap<ObjectKey, Arc<GrpcRoute>>,
     /// Objects currently skipped because they are invalid.
     pub errors: Vec<ConfigError>,
     /// Files read.
@@ -123,6 +134,18 @@ impl ConfigSnapshot {
                     .is_some(),
                 Object::PeerAuthentication(o) => s
                     .peer_authentications
+                    .insert(ObjectKey::of(&o.metadata), o.clone())
+                    .is_some(),
+                Object::Gateway(o) => s
+                    .gateways
+                    .insert(ObjectKey::of(&o.metadata), o.clone())
+                    .is_some(),
+                Object::HttpRoute(o) => s
+                    .http_routes
+                    .insert(ObjectKey::of(&o.metadata), o.clone())
+                    .is_some(),
+                Object::GrpcRoute(o) => s
+                    .grpc_routes
                     .insert(ObjectKey::of(&o.metadata), o.clone())
                     .is_some(),
             };

@@ -255,9 +255,9 @@ spec:
   - {name: grpc-x, port: 90, targetPort: grpc}
   - {port: 100}
 ---
-# a kind added by a later issue is ignored
+# a kind we do not handle is ignored
 apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
+kind: TLSRoute
 metadata: {name: waypoint}
 "#;
 

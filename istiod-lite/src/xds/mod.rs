@@ -1,6 +1,10 @@
-//! Delta ADS server (`DeltaAggregatedResources`) for the Address and Authorization types.
+//! Delta ADS server (`DeltaAggregatedResources`) for the Address and Authorization types, and
+//! for waypoints the `ambient.route.v1.ServiceRoutes` type.
 //!
-//! One task per stream. The first request of a type gets the full state (minus what the client
+//! One task per stream. Who is on the other end comes from the bearer token: a node (ztunnel)
+//! or a waypoint (`waypoint:<ns>/<gateway>`). A waypoint's ServiceRoutes subscription is served
+//! from its own per-waypoint view, so it never sees another waypoint's routes; anyone else
+//! subscribing to that type gets nothing. The first request of a type gets the full state (minus what the client
 //! says it has); later snapshots (already debounced by the model) produce only the changes.
 
 pub mod debug;
@@ -16,7 +20,7 @@ use mesh_proto::xds::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
 use mesh_proto::xds::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node};
-use mesh_proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
+use mesh_proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, SERVICE_ROUTES_TYPE_URL};
 use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -24,9 +28,10 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use self::registry::{now_rfc3339, ClientInfo, ClientRegistry, NackInfo, SentResponse};
-use self::state::{Reply, TypeState};
-use crate::auth::NodeTokens;
-use crate::model::Snapshot;
+use self::state::{empty_type, Reply, TypeState};
+use crate::auth::{NodeTokens, Principal};
+use crate::model::{Snapshot, TypeSnapshot};
+use crate::source::ObjectKey;
 
 /// Metric: connected xDS clients, by client version (Istio's name).
 pub const PILOT_XDS: &str = "pilot_xds";
@@ -70,6 +75,7 @@ pub fn metric_type(type_url: &str) -> &str {
     match type_url {
         ADDRESS_TYPE_URL => "wds",
         AUTHORIZATION_TYPE_URL => "wads",
+        SERVICE_ROUTES_TYPE_URL => "routes",
         other => other,
     }
 }
@@ -122,16 +128,24 @@ impl AggregatedDiscoveryService for XdsServer {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let peer = request.remote_addr();
-        let token_node = self.tokens.authenticate(request.metadata()).map_err(|e| {
-            tracing::warn!(peer = ?peer, error = %e, "xDS stream refused: bad node token");
-            Status::unauthenticated(e.to_string())
-        })?;
+        let principal = self
+            .tokens
+            .authenticate_principal(request.metadata())
+            .map_err(|e| {
+                tracing::warn!(peer = ?peer, error = %e, "xDS stream refused: bad node token");
+                Status::unauthenticated(e.to_string())
+            })?;
+        let token_node = principal.to_string();
         let id = self.registry.next_id();
         let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
         let conn = Connection {
             id,
             peer,
             token_node: token_node.clone(),
+            waypoint: match principal {
+                Principal::Waypoint { namespace, name } => Some(ObjectKey::new(namespace, name)),
+                Principal::Node(_) => None,
+            },
             server: self.clone(),
             tx,
             types: BTreeMap::new(),
@@ -154,6 +168,8 @@ struct Connection {
     id: u64,
     peer: Option<SocketAddr>,
     token_node: String,
+    /// Gateway `namespace/name` when the caller holds a waypoint token.
+    waypoint: Option<ObjectKey>,
     server: XdsServer,
     tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
     types: BTreeMap<String, TypeState>,
@@ -179,7 +195,8 @@ impl Connection {
         let node_name = node_metadata(&node, NODE_NAME_KEY)
             .unwrap_or_default()
             .to_string();
-        if node_name != self.token_node {
+        // A waypoint is not on a node of ours: its token names its Gateway instead.
+        if self.waypoint.is_none() && node_name != self.token_node {
             let why = if node_name.is_empty() {
                 format!(
                     "node.metadata.{NODE_NAME_KEY} is missing; it must name the token's node {:?}",
@@ -254,12 +271,15 @@ impl Connection {
         let snap = snapshots.borrow().clone();
 
         if !self.types.contains_key(&type_url) {
-            if type_url != ADDRESS_TYPE_URL && type_url != AUTHORIZATION_TYPE_URL {
+            if type_url != ADDRESS_TYPE_URL
+                && type_url != AUTHORIZATION_TYPE_URL
+                && type_url != SERVICE_ROUTES_TYPE_URL
+            {
                 tracing::warn!(type_url = %type_url, "subscription to a type we do not serve; it will stay empty");
             }
             let mut st = TypeState::new(&req);
             tracing::debug!(type_url = %type_url, subscription = %st.subscription(), initial = req.initial_resource_versions.len(), "subscribed");
-            let resp = st.next_response(&snap, true);
+            let resp = st.next_response_from(&snap, self.view(&snap, &type_url), true);
             self.types.insert(type_url.clone(), st);
             if let Some(resp) = resp {
                 self.send(resp, received).await?;
@@ -270,6 +290,7 @@ impl Connection {
         if !req.response_nonce.is_empty() {
             self.handle_reply(&req);
         }
+        let view = Self::view_of(self.waypoint.as_ref(), &snap, &type_url);
         let Some(st) = self.types.get_mut(&type_url) else {
             return Ok(());
         };
@@ -277,11 +298,29 @@ impl Connection {
             &req.resource_names_subscribe,
             &req.resource_names_unsubscribe,
         ) {
-            if let Some(resp) = st.next_response(&snap, false) {
+            if let Some(resp) = st.next_response_from(&snap, view, false) {
                 self.send(resp, received).await?;
             }
         }
         Ok(())
+    }
+
+    /// What this client may see of `type_url`: its waypoint's own view for ServiceRoutes.
+    fn view<'a>(&self, snap: &'a Snapshot, type_url: &str) -> &'a TypeSnapshot {
+        Self::view_of(self.waypoint.as_ref(), snap, type_url)
+    }
+
+    fn view_of<'a>(
+        waypoint: Option<&ObjectKey>,
+        snap: &'a Snapshot,
+        type_url: &str,
+    ) -> &'a TypeSnapshot {
+        if type_url == SERVICE_ROUTES_TYPE_URL {
+            return waypoint
+                .and_then(|w| snap.waypoint(w))
+                .unwrap_or_else(|| empty_type());
+        }
+        snap.get(type_url).unwrap_or_else(|| empty_type())
     }
 
     fn handle_reply(&mut self, req: &DeltaDiscoveryRequest) {
@@ -333,8 +372,9 @@ impl Connection {
 
     async fn push_all(&mut self, snap: &Snapshot) -> Result<(), End> {
         let mut responses = Vec::new();
-        for st in self.types.values_mut() {
-            if let Some(resp) = st.next_response(snap, false) {
+        for (type_url, st) in self.types.iter_mut() {
+            let view = Self::view_of(self.waypoint.as_ref(), snap, type_url);
+            if let Some(resp) = st.next_response_from(snap, view, false) {
                 responses.push(resp);
             }
         }

@@ -25,6 +25,12 @@ pub fn next_nonce() -> String {
     )
 }
 
+/// A type with no resources (types we do not serve, waypoints that do not exist).
+pub fn empty_type() -> &'static TypeSnapshot {
+    static EMPTY: OnceLock<TypeSnapshot> = OnceLock::new();
+    EMPTY.get_or_init(TypeSnapshot::default)
+}
+
 /// Unanswered responses remembered per type; ztunnel answers each one right away.
 const MAX_IN_FLIGHT: usize = 32;
 
@@ -157,10 +163,18 @@ impl TypeState {
         snap: &Snapshot,
         always: bool,
     ) -> Option<DeltaDiscoveryResponse> {
-        static EMPTY: OnceLock<TypeSnapshot> = OnceLock::new();
-        let ts = snap
-            .get(&self.type_url)
-            .unwrap_or_else(|| EMPTY.get_or_init(TypeSnapshot::default));
+        let ts = snap.get(&self.type_url).unwrap_or_else(|| empty_type());
+        self.next_response_from(snap, ts, always)
+    }
+
+    /// [`TypeState::next_response`] from a given view of the type (a waypoint's own routes)
+    /// instead of the snapshot's shared one.
+    pub fn next_response_from(
+        &mut self,
+        snap: &Snapshot,
+        ts: &TypeSnapshot,
+        always: bool,
+    ) -> Option<DeltaDiscoveryResponse> {
         let (updates, removed) = self.changes(ts);
         if updates.is_empty() && removed.is_empty() && !always {
             self.view_generation = self.wildcard.then_some(snap.generation);

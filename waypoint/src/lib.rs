@@ -1,0 +1,24 @@
+//! waypoint: the ambient-rs L7 proxy, one (or more) per namespace, shared by its workloads.
+//!
+//! Traffic arrives over HBONE (mTLS HTTP/2 CONNECT, port 15008) with `:authority` = the
+//! original service `VIP:port`; the waypoint parses HTTP on it, routes it (Gateway API
+//! HTTPRoute/GRPCRoute as pushed by istiod-lite) and sends each request over its own HBONE
+//! stream to the chosen backend pod.
+//!
+//! - [`config`]: settings from the environment (Istio's names where they exist)
+//! - [`xds`]: the route table from istiod-lite (`ambient.route.v1.ServiceRoutes`)
+//! - [`routes`]: the compiled route table: matching, precedence, filters, weights, retry budget
+//! - [`proxy`]: the HBONE listener, the HTTP server per stream, upstream requests, TCP relay
+//! - [`metrics`]: Istio's request metrics (reporter `waypoint`) and the JSON access log
+//! - [`admin`]: stats (15020) and readiness (15021) endpoints
+//! - [`app`]: wiring and graceful shutdown
+#![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod metrics;
+pub mod proxy;
+pub mod routes;
+pub mod xds;

@@ -1,0 +1,178 @@
+//! Requests to backend pods: an HBONE CONNECT stream (the waypoint's own certificate, the
+//! backend's SPIFFE identity expected) to `<pod IP>:15008` with `:authority`
+//! `<pod IP>:<target port>`, or plain TCP for pods outside the mesh; then HTTP/1.1 or HTTP/2
+//! (the client's version, so gRPC stays HTTP/2) on it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::{HeaderMap, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh_hbone::client::{ConnectRequest, PoolKey};
+use mesh_identity::spiffe::Identity;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::{debug, Instrument};
+
+use super::{Proxy, RespBody};
+use crate::routes::Endpoint;
+
+/// HBONE port of every mesh pod.
+const HBONE_PORT: u16 = 15008;
+
+/// Why an attempt failed.
+#[derive(thiserror::Error, Debug)]
+pub enum UpstreamError {
+    /// The rule has no backend with a weight above 0.
+    #[error("the route has no backend with a non-zero weight")]
+    NoBackend,
+    /// The backend Service has no endpoints.
+    #[error("no healthy endpoint for {0}")]
+    NoEndpoint(String),
+    /// Our own certificate is not available.
+    #[error("waypoint certificate unavailable: {0}")]
+    Certificate(#[from] mesh_identity::manager::CertError),
+    /// The endpoint's identity is not a SPIFFE id.
+    #[error("backend identity {0:?} is not a SPIFFE id")]
+    Identity(String),
+    /// HBONE to the pod failed (connect, TLS, CONNECT refused).
+    #[error("HBONE to {addr} failed: {source}")]
+    Hbone {
+        /// Pod address.
+        addr: SocketAddr,
+        /// Why.
+        source: mesh_hbone::HboneError,
+    },
+    /// Plain TCP connect failed.
+    #[error("connect to {addr} failed: {source}")]
+    Connect {
+        /// Pod address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// HTTP to the backend failed (handshake, reset, protocol error).
+    #[error("HTTP to the backend failed: {0}")]
+    Http(#[from] hyper::Error),
+    /// The request could not be rebuilt for the backend.
+    #[error("cannot forward the request: {0}")]
+    BadRequest(String),
+    /// The route's request timeout passed.
+    #[error("request timeout ({0:?}) reached")]
+    Timeout(Duration),
+    /// The route's per-try timeout passed.
+    #[error("backend request timeout ({0:?}) reached")]
+    TryTimeout(Duration),
+}
+
+impl UpstreamError {
+    /// Connection-level failures are retried (Istio's connect-failure, refused-stream, reset).
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::Hbone { .. }
+                | UpstreamError::Connect { .. }
+                | UpstreamError::Http(_)
+                | UpstreamError::TryTimeout(_)
+        )
+    }
+
+    /// Status sent to the client.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            UpstreamError::NoBackend | UpstreamError::BadRequest(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            UpstreamError::Timeout(_) | UpstreamError::TryTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Envoy's response flag for it.
+    pub fn flags(&self) -> &'static str {
+        match self {
+            UpstreamError::NoBackend => "NR",
+            UpstreamError::NoEndpoint(_) => "UH",
+            UpstreamError::Timeout(_) | UpstreamError::TryTimeout(_) => "UT",
+            UpstreamError::Http(_) => "UC",
+            _ => "UF",
+        }
+    }
+}
+
+/// A byte stream to a backend.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+/// Opens a byte stream to `ep` (HBONE or plain TCP).
+pub async fn connect(proxy: &Proxy, ep: &Endpoint) -> Result<Box<dyn Io>, UpstreamError> {
+    if !ep.hbone {
+        let s = tokio::net::TcpStream::connect(ep.addr)
+            .await
+            .map_err(|source| UpstreamError::Connect {
+                addr: ep.addr,
+                source,
+            })?;
+        let _ = s.set_nodelay(true);
+        return Ok(Box::new(s));
+    }
+    let certs = proxy.certs.fetch(&proxy.identity).await?;
+    let expected =
+        Identity::parse(&ep.identity).map_err(|_| UpstreamError::Identity(ep.identity.clone()))?;
+    let tls = certs.client_config(std::slice::from_ref(&expected))?;
+    let key = PoolKey::new(
+        proxy.identity.to_string(),
+        proxy.cfg.instance_ip,
+        SocketAddr::new(ep.addr.ip(), HBONE_PORT),
+        vec![ep.identity.clone()],
+    );
+    let req = ConnectRequest {
+        authority: ep.addr.to_string(),
+        headers: HeaderMap::new(),
+    };
+    let (stream, _) =
+        proxy
+            .pool
+            .connect(key, tls, req)
+            .await
+            .map_err(|source| UpstreamError::Hbone {
+                addr: ep.addr,
+                source,
+            })?;
+    Ok(Box::new(stream))
+}
+
+/// Sends `req` to `ep` over a fresh stream and returns the response head.
+pub async fn send(
+    proxy: &Proxy,
+    ep: &Endpoint,
+    h2: bool,
+    req: Request<RespBody>,
+) -> Result<Response<Incoming>, UpstreamError> {
+    let io = TokioIo::new(connect(proxy, ep).await?);
+    let span = tracing::debug_span!("upstream", addr = %ep.addr);
+    if h2 {
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+        tokio::spawn(
+            async move {
+                if let Err(e) = conn.await {
+                    debug!(error = %e, "upstream HTTP/2 connection ended with an error");
+                }
+            }
+            .instrument(span),
+        );
+        Ok(sender.send_request(req).await?)
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+        tokio::spawn(
+            async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    debug!(error = %e, "upstream HTTP/1.1 connection ended with an error");
+                }
+            }
+            .instrument(span),
+        );
+        Ok(sender.send_request(req).await?)
+    }
+}
