@@ -176,6 +176,23 @@ pub enum LocalCommand {
     Namespace(LocalNamespaceArgs),
     /// Nodes, pods with their IPs, and whether each process is alive.
     Status(LocalStatusArgs),
+    /// Restart a node's ztunnel (graceful, or `--kill` as a crash) and wait until it is ready;
+    /// its pods stay captured and are re-adopted.
+    RestartZtunnel(RestartZtunnelArgs),
+}
+
+/// `meshctl local restart-ztunnel`.
+#[derive(Debug, Args)]
+pub struct RestartZtunnelArgs {
+    /// The node, e.g. node-1.
+    #[arg(value_name = "NODE")]
+    pub node: String,
+    /// SIGKILL instead of SIGTERM (no drain): what a crash looks like.
+    #[arg(long)]
+    pub kill: bool,
+    /// How long the new ztunnel may take to become ready.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub ready_timeout: Duration,
 }
 
 /// `meshctl local up`.

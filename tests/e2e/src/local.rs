@@ -12,6 +12,31 @@ use serde_json::Value;
 
 use crate::bins;
 
+/// Where Debian's containernetworking-plugins installs the reference plugins.
+pub const CNI_DIR: &str = "/usr/lib/cni";
+
+/// Root and the tools `meshctl local` drives; false (after printing why) when the test must
+/// skip (and a failure instead under CI=true, see [`crate::skip`]).
+pub fn prerequisites() -> bool {
+    use crate::netns::{have, is_root};
+    if !is_root() {
+        return !crate::skip("needs root: meshctl local creates network namespaces");
+    }
+    for prog in ["ip", "nsenter", "curl", "python3", "iptables-save"] {
+        if !have(prog) {
+            return !crate::skip(&format!("{prog} not found (make test installs it)"));
+        }
+    }
+    for plugin in ["bridge", "host-local", "loopback"] {
+        if !Path::new(CNI_DIR).join(plugin).is_file() {
+            return !crate::skip(&format!(
+                "{CNI_DIR}/{plugin} not found: apt-get install containernetworking-plugins (make prereqs)"
+            ));
+        }
+    }
+    true
+}
+
 /// Where `ip netns add` puts namespaces.
 pub const NETNS_DIR: &str = "/run/netns";
 

@@ -301,43 +301,8 @@ fn build(
     }
     let mut started = Vec::new();
     for i in 0..st.nodes.len() {
-        let node = st.nodes[i].clone();
-        let ndir = st.node_dir(&node.name);
-        let token = node_token(st, &node.name)?;
-        let token_path = ndir.join("token");
-        write_secret(&token_path, &token)?;
-        let env = vec![
-            ("NODE_NAME".into(), node.name.clone()),
-            (
-                "XDS_ADDRESS".into(),
-                format!("http://{ISTIOD_IP}:{XDS_PORT}"),
-            ),
-            ("AUTH_TOKEN".into(), token_path.display().to_string()),
-            ("ADMIN_ADDR".into(), "127.0.0.1:15000".into()),
-            ("STATS_ADDR".into(), "0.0.0.0:15020".into()),
-            ("READINESS_ADDR".into(), "0.0.0.0:15021".into()),
-            // In-pod mode: ztunnel opens 15001/15006/15008/15053 inside each enrolled pod, so
-            // nothing listens on them in the node itself, and there is no SOCKS5 port.
-            ("SOCKS5_ADDR".into(), String::new()),
-            ("OUTBOUND_ADDR".into(), String::new()),
-            ("INBOUND_PLAINTEXT_ADDR".into(), String::new()),
-            ("PACKET_MARK".into(), PACKET_MARK.into()),
-            ("INPOD_UDS".into(), node.cni_socket.display().to_string()),
-        ];
-        let log = st
-            .dir
-            .join("logs")
-            .join(format!("ztunnel-{}.log", node.name));
-        let argv = vec![st.bin_dir.join("ztunnel").display().to_string()];
-        let (child, proc) = process::spawn(&Spec {
-            netns: &node.netns,
-            argv: &argv,
-            env: Some(base_env(env)),
-            log: &log,
-        })?;
-        st.nodes[i].ztunnel = Some(proc);
-        st.save()?;
-        started.push((node, child, log));
+        let (child, log) = start_ztunnel(st, i)?;
+        started.push((st.nodes[i].clone(), child, log));
     }
     let mut result = Ok(());
     for (node, mut child, log) in started {
@@ -356,6 +321,94 @@ fn build(
         children.push(child);
     }
     result
+}
+
+/// Starts node `i`'s ztunnel (in-pod mode, inside the node netns) and records it.
+fn start_ztunnel(st: &mut ClusterState, i: usize) -> Result<(Child, PathBuf), LocalError> {
+    let node = st.nodes[i].clone();
+    let ndir = st.node_dir(&node.name);
+    let token = node_token(st, &node.name)?;
+    let token_path = ndir.join("token");
+    write_secret(&token_path, &token)?;
+    let env = vec![
+        ("NODE_NAME".into(), node.name.clone()),
+        (
+            "XDS_ADDRESS".into(),
+            format!("http://{ISTIOD_IP}:{XDS_PORT}"),
+        ),
+        ("AUTH_TOKEN".into(), token_path.display().to_string()),
+        ("ADMIN_ADDR".into(), "127.0.0.1:15000".into()),
+        ("STATS_ADDR".into(), "0.0.0.0:15020".into()),
+        ("READINESS_ADDR".into(), "0.0.0.0:15021".into()),
+        // In-pod mode: ztunnel opens 15001/15006/15008/15053 inside each enrolled pod, so
+        // nothing listens on them in the node itself, and there is no SOCKS5 port.
+        ("SOCKS5_ADDR".into(), String::new()),
+        ("OUTBOUND_ADDR".into(), String::new()),
+        ("INBOUND_PLAINTEXT_ADDR".into(), String::new()),
+        ("PACKET_MARK".into(), PACKET_MARK.into()),
+        ("INPOD_UDS".into(), node.cni_socket.display().to_string()),
+    ];
+    let log = st
+        .dir
+        .join("logs")
+        .join(format!("ztunnel-{}.log", node.name));
+    let argv = vec![st.bin_dir.join("ztunnel").display().to_string()];
+    let (child, proc) = process::spawn(&Spec {
+        netns: &node.netns,
+        argv: &argv,
+        env: Some(base_env(env)),
+        log: &log,
+    })?;
+    st.nodes[i].ztunnel = Some(proc);
+    st.save()?;
+    Ok((child, log))
+}
+
+/// `restart-ztunnel`: stops a node's ztunnel (SIGTERM and drain, or SIGKILL as a crash), starts
+/// a new one and waits until it is ready. The pods keep their rules meanwhile; the new ztunnel
+/// re-adopts them from its state file.
+pub fn restart_ztunnel(
+    cluster: &str,
+    dir: &Path,
+    a: &crate::cli::RestartZtunnelArgs,
+    out: &mut dyn Write,
+) -> Result<(), LocalError> {
+    let _lock = StateLock::acquire(dir)?;
+    let mut st = ClusterState::load(dir)?.ok_or_else(|| LocalError::NoCluster {
+        name: cluster.to_string(),
+        dir: dir.to_path_buf(),
+    })?;
+    let i = st
+        .nodes
+        .iter()
+        .position(|n| n.name == a.node)
+        .ok_or_else(|| LocalError::Invalid(format!("no node {:?} in cluster {cluster}", a.node)))?;
+    if !st.mesh {
+        return Err(LocalError::Invalid(
+            "this cluster runs without the mesh (--no-mesh): no ztunnel to restart".into(),
+        ));
+    }
+    if let Some(old) = st.nodes[i].ztunnel.take() {
+        if a.kill {
+            old.kill()?;
+        } else {
+            old.stop()?;
+        }
+    }
+    let (mut child, log) = start_ztunnel(&mut st, i)?;
+    let node = st.nodes[i].clone();
+    let waited = wait_ready(
+        &format!("ztunnel on node {}", node.name),
+        &mut child,
+        &log,
+        a.ready_timeout,
+        || ztunnel_ready(&node),
+    );
+    // Dropping the handle leaves the process running (its own process group), as after `up`.
+    drop(child);
+    waited?;
+    writeln!(out, "ztunnel on {} restarted and ready", node.name).map_err(LocalError::io(dir))?;
+    Ok(())
 }
 
 /// The environment every component gets: PATH, RUST_LOG, and its own variables (nothing else

@@ -50,10 +50,12 @@ pub fn conflist(n: &NodeNet<'_>) -> Value {
         }
     })];
     if let Some(sock) = n.ztunnel_socket {
+        // DNS capture on: pods have no cluster DNS, ztunnel's proxy on 15053 answers mesh names.
         plugins.push(json!({
             "type": "ambient-cni",
             "ztunnel_socket": sock,
             "log_level": "info",
+            "dns_capture": true,
         }));
     }
     json!({"cniVersion": CNI_VERSION, "name": NETWORK_NAME, "plugins": plugins})

@@ -56,6 +56,7 @@ pub fn run(args: &LocalArgs, out: &mut dyn Write) -> Result<(), Error> {
         LocalCommand::Pod(PodCommand::Check(a)) => pod::check(&args.cluster, &dir, a, out),
         LocalCommand::Exec(a) => pod::exec(&args.cluster, &dir, a),
         LocalCommand::Namespace(a) => pod::namespace(&args.cluster, &dir, a, out),
+        LocalCommand::RestartZtunnel(a) => cluster::restart_ztunnel(&args.cluster, &dir, a, out),
     };
     Ok(r?)
 }

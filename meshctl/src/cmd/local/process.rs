@@ -46,6 +46,21 @@ impl Proc {
     pub fn stop(&self) -> Result<(), LocalError> {
         terminate(self.pid, || self.alive())
     }
+
+    /// SIGKILL (a crash, no drain); returns once it is gone.
+    pub fn kill(&self) -> Result<(), LocalError> {
+        if !self.alive() {
+            return Ok(());
+        }
+        if let Ok(raw) = i32::try_from(self.pid) {
+            let _ = kill(Pid::from_raw(raw), Signal::SIGKILL);
+        }
+        if wait_gone(&|| self.alive(), Duration::from_secs(5)) {
+            Ok(())
+        } else {
+            Err(LocalError::Invalid(format!("process {} survived SIGKILL", self.pid)))
+        }
+    }
 }
 
 /// State letter and start time of `pid`, from `/proc/<pid>/stat`.
