@@ -14,6 +14,17 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 
+# As root the demo runs with transparent capture on a local cluster of network namespaces
+# (scripts/demo-captured.sh); DEMO_MODE=explicit forces this loopback/SOCKS5 version.
+if [ "$(id -u)" = 0 ] && [ "${DEMO_MODE:-}" != explicit ]; then
+    if [ -x /usr/lib/cni/bridge ] || [ -x /opt/cni/bin/bridge ]; then
+        exec "$ROOT/scripts/demo-captured.sh"
+    fi
+    echo "note: containernetworking-plugins is not installed (make prereqs installs it); running the explicit-mode demo" >&2
+else
+    echo "note: not root: explicit mode (apps reach the mesh through ztunnel's SOCKS5 port); run as root for transparent capture" >&2
+fi
+
 if [ -t 1 ]; then B=$'\033[1m'; G=$'\033[32m'; R=$'\033[31m'; N=$'\033[0m'; else B=; G=; R=; N=; fi
 step() { printf '\n%s==> %s%s\n' "$B" "$*" "$N"; }
 
