@@ -24,11 +24,11 @@ for t in ip iptables iperf3 python3 curl; do
 done
 
 # Only what the bench runs, so a crate elsewhere in the workspace that is mid-change cannot stop it.
-PKGS=(-p istiod-lite -p ztunnel -p mesh-bench)
+PKGS=(-p istiod-lite -p ztunnel -p mesh-bench -p meshctl -p ambient-cni)
 echo "==> cargo build --$PROFILE ${PKGS[*]}"
 if [ "$PROFILE" = release ]; then cargo build --release "${PKGS[@]}"; else cargo build "${PKGS[@]}"; fi
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE
-for b in istiod-lite ztunnel meshbench; do [ -x "$BIN/$b" ] || die "$BIN/$b missing"; done
+for b in istiod-lite ztunnel meshbench meshctl ambient-cni; do [ -x "$BIN/$b" ] || die "$BIN/$b missing"; done
 
 NS=mesh-bench-$$
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/ambient-rs-bench.XXXXXX")
@@ -165,6 +165,9 @@ HELD1=$(rss_kb "${ZPID[node1]}") HELD2=$(rss_kb "${ZPID[node2]}")
 exec 7>&-
 wait $HOLD || true
 
+# The same figures pod -> pod through in-pod capture, next to raw pod -> pod on the same bridge.
+"$ROOT/scripts/bench-captured.sh" "$BIN" "$WORK/captured.md" "$SECS"
+
 CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
 NPROC=$(nproc)
 KERNEL=$(uname -r)
@@ -206,6 +209,20 @@ Machine: $NPROC CPUs ($CPU), Linux $KERNEL. The machine is shared with other wor
 single figures as indicative; the ratios are what matters (both paths measured in the same run).
 
 $(cat "$WORK/table.md")
+
+## Pod to pod through in-pod capture
+
+\`scripts/bench-captured.sh\` (part of \`make bench\`, same run): a one-node \`meshctl local\`
+cluster (Debian's bridge + host-local + loopback plugins chained with ambient-cni, one in-pod
+ztunnel). **raw**: client pod → server pod in a namespace outside the mesh, plain TCP across
+the node's bridge. **captured**: the same pair in an ambient namespace: the client's
+\`connect()\` is REDIRECTed inside its netns to ztunnel's 15001, tunnelled (HBONE, mTLS) to the
+15008 ztunnel opened in the server pod's netns, and delivered from the client's IP. Same
+commands as above (\`iperf3 -c <server pod IP>\`, \`meshbench latency|connect --to <server pod
+IP>:7000 --from <client pod IP>\`), run in the client pod with \`meshctl local exec\`; the script
+checks ztunnel counted the captured connections as \`mutual_tls\`.
+
+$(cat "$WORK/captured.md")
 
 Memory after the benchmarks: the \"held\" figures include allocator caches left by the runs
 before them, so "per connection" is an upper bound.
