@@ -106,6 +106,9 @@ pub struct Workload {
     /// `istio.io/use-waypoint` on the pod (or its namespace): traffic addressed to the pod
     /// itself goes through it.
     pub waypoint: Option<Waypoint>,
+    /// The workload terminates HBONE itself (a waypoint): ztunnel neither listens nor captures
+    /// for it, and its own traffic never goes through a waypoint.
+    pub native_tunnel: bool,
 }
 
 impl Workload {
@@ -279,6 +282,7 @@ pub fn convert_workload(w: pb::Workload) -> Result<Workload, StateError> {
         services,
         authorization_policies: w.authorization_policies,
         waypoint,
+        native_tunnel: w.native_tunnel,
     })
 }
 

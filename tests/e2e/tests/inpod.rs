@@ -498,3 +498,127 @@ fn ztunnel_killed_and_restarted_under_traffic_keeps_pods_captured() {
         Ok(())
     });
 }
+
+/// A waypoint running in its own pod of the local cluster, attached to namespace `demo` with
+/// `istio.io/use-waypoint`: a captured client's request to the Service goes client ztunnel →
+/// HBONE to the waypoint (authority = the VIP) → HTTPRoute → HBONE to the server pod.
+#[test]
+fn captured_traffic_to_a_service_goes_through_its_namespace_waypoint() {
+    if !prerequisites() {
+        return;
+    }
+    let c = cluster(1).expect("cluster");
+    check(&c, || {
+        let bin = mesh_e2e::bins::bin_dir()?;
+        // The Gateway, the namespace attached to it, and a route with a redirect rule (only a
+        // waypoint can answer that one).
+        write_config(
+            &c,
+            "gateway.demo.waypoint.yaml",
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: waypoint, namespace: demo, labels: {istio.io/waypoint-for: service}}\nspec:\n  gatewayClassName: istio-waypoint\n  listeners: [{name: mesh, port: 15008, protocol: HBONE}]\n",
+        )?;
+        write_config(
+            &c,
+            "httproute.demo.server.yaml",
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: server, namespace: demo}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: server, port: 80}]\n  rules:\n  - matches: [{path: {type: PathPrefix, value: /old}}]\n    filters: [{type: RequestRedirect, requestRedirect: {path: {type: ReplaceFullPath, replaceFullPath: /new}, statusCode: 301}}]\n  - backendRefs: [{name: server, port: 80}]\n",
+        )?;
+        c.ok(&[
+            "namespace",
+            "demo",
+            "--label",
+            "istio.io/dataplane-mode=ambient",
+            "--label",
+            "istio.io/use-waypoint=waypoint",
+        ])?;
+        let token = Command::new(bin.join("istiod-lite"))
+            .args(["waypoint-token", "--state-dir"])
+            .arg(c.dir.join("istiod"))
+            .args(["--namespace", "demo", "--gateway", "waypoint"])
+            .output()?;
+        anyhow::ensure!(token.status.success(), "waypoint-token failed");
+        let token_file = c.dir.join("waypoint.token");
+        std::fs::write(&token_file, &token.stdout)?;
+        // The waypoint pod: Istio's labels, not captured itself (it terminates HBONE).
+        let wp_bin = bin.join("waypoint").display().to_string();
+        let auth = format!("AUTH_TOKEN={}", token_file.display());
+        let wp_ip = c
+            .ok(&[
+                "pod",
+                "add",
+                "waypoint",
+                "-n",
+                "demo",
+                "--sa",
+                "waypoint",
+                "--node",
+                "node-1",
+                "--label",
+                "gateway.networking.k8s.io/gateway-name=waypoint",
+                "--",
+                "env",
+                "XDS_ADDRESS=http://10.243.0.1:15010",
+                &auth,
+                "POD_NAMESPACE=demo",
+                "GATEWAY_NAME=waypoint",
+                "POD_NAME=waypoint",
+                &wp_bin,
+            ])?
+            .trim()
+            .to_string();
+        anyhow::ensure!(!captured(&c, "demo", "waypoint")?, "the waypoint pod must not be captured");
+        poll("the waypoint ready", Duration::from_secs(30), || {
+            let out = LocalCluster::in_netns(
+                &pod_netns(&c, "demo", "waypoint"),
+                &["curl", "-fsS", "--max-time", "1", "http://127.0.0.1:15021/healthz/ready"],
+            )?;
+            Ok(out.status.success().then_some(()))
+        })?;
+        pod(&c, "demo", "server", "node-1", &["app=server"], true)?;
+        pod(&c, "demo", "client", "node-1", &[], false)?;
+        write_service(&c)?;
+
+        // The redirect can only come from the waypoint's route.
+        let out = poll("a 301 from the waypoint", Duration::from_secs(20), || {
+            let out = LocalCluster::in_netns(
+                &pod_netns(&c, "demo", "client"),
+                &["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", "--max-time", "3", &format!("http://{VIP}/old")],
+            )?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            Ok(text.starts_with("301").then_some(text))
+        })?;
+        anyhow::ensure!(out.contains("/new"), "Location of the redirect: {out}");
+        // Other paths reach the server, from the waypoint's address (the waypoint made the
+        // upstream connection, as in Istio).
+        let body = curl_eventually(&c, "demo", "client", &format!("http://{VIP}/"))?;
+        anyhow::ensure!(
+            body.contains("hello from pod server") && body.contains(&format!("you called from {wp_ip}:")),
+            "{body}"
+        );
+        // The waypoint counted the requests with the client's identity.
+        let m = LocalCluster::in_netns(
+            &pod_netns(&c, "demo", "waypoint"),
+            &["curl", "-fsS", "--max-time", "3", "http://127.0.0.1:15020/stats/prometheus"],
+        )?;
+        let m = String::from_utf8_lossy(&m.stdout);
+        anyhow::ensure!(
+            m.lines().any(|l| l.starts_with("istio_requests_total{")
+                && l.contains("reporter=\"waypoint\"")
+                && l.contains("response_code=\"301\"")
+                && l.contains("source_principal=\"spiffe://cluster.local/ns/demo/sa/client\"")),
+            "istio_requests_total lacks the client's 301: {m}"
+        );
+        // The client's ztunnel sent it to the waypoint over mTLS.
+        let zm = metrics(&c, "node-1")?;
+        let to_wp = opened(
+            &zm,
+            &[
+                "reporter=\"source\"",
+                "source_principal=\"spiffe://cluster.local/ns/demo/sa/client\"",
+                "destination_principal=\"spiffe://cluster.local/ns/demo/sa/waypoint\"",
+                "connection_security_policy=\"mutual_tls\"",
+            ],
+        );
+        anyhow::ensure!(to_wp >= 2.0, "client -> waypoint mTLS connections: {to_wp}");
+        Ok(())
+    });
+}

@@ -52,6 +52,7 @@ fn workload(name: &str, ns: &str, ip: Ipv4Addr) -> Address {
         authorization_policies: vec![],
         healthy: true,
         waypoint: None,
+        native_tunnel: false,
     })
 }
 

@@ -378,7 +378,8 @@ impl Agent {
         match found {
             None => Membership::Unknown,
             Some(w) if !w.node.is_empty() && &w.node != node => Membership::Unknown,
-            Some(w) if w.protocol == Protocol::Hbone => Membership::In(w),
+            // A waypoint terminates HBONE itself; capturing it would loop its traffic.
+            Some(w) if w.protocol == Protocol::Hbone && !w.native_tunnel => Membership::In(w),
             Some(_) => Membership::Out,
         }
     }

@@ -71,14 +71,14 @@ pub async fn manage_listeners(proxy: Arc<Proxy>, reconciled: Arc<AtomicU64>) {
     }
 }
 
-/// The HBONE workloads of this node; the certificate manager is told to keep (and prefetch)
-/// exactly their identities.
+/// The HBONE workloads of this node that ztunnel serves (not waypoints, which terminate HBONE
+/// themselves); the certificate manager is told to keep (and prefetch) exactly their identities.
 pub fn track_local_certs(proxy: &Proxy) -> Vec<Arc<Workload>> {
     let local: Vec<Arc<Workload>> = proxy
         .state
         .workloads_on_node(&proxy.cfg.node_name)
         .into_iter()
-        .filter(|w| w.protocol == Protocol::Hbone)
+        .filter(|w| w.protocol == Protocol::Hbone && !w.native_tunnel)
         .collect();
     proxy
         .certs

@@ -167,8 +167,8 @@ impl Proxy {
             let wp_wl = self
                 .resolve_waypoint(&wp)
                 .ok_or_else(|| OutboundError::NoWaypoint(format!("{:?}", wp.target)))?;
-            // The waypoint's own traffic to its backends must not loop back into it.
-            if wp_wl.uid != src_wl.uid {
+            // A waypoint's own traffic to its backends must not loop back into a waypoint.
+            if wp_wl.uid != src_wl.uid && !src_wl.native_tunnel {
                 let ip = wp_wl.workload_ips.first().copied().unwrap_or(dst.ip());
                 let hbone_addr = SocketAddr::new(ip, wp.hbone_port);
                 info.hbone_addr = Some(hbone_addr);
