@@ -46,6 +46,30 @@ pub enum Command {
     /// A local cluster of network namespaces: nodes, pods wired by real CNI plugins, istiod-lite
     /// and one ztunnel per node (root only; see docs/local-cluster.md).
     Local(LocalArgs),
+    /// Live connection events from the ztunnels (/debug/tap): opened, closed and refused
+    /// connections with both identities, mTLS or plaintext, bytes, duration and response flags.
+    /// Runs until --limit events, --duration, or Ctrl-C; -o json prints one event per line.
+    Tap(TapArgs),
+}
+
+/// `meshctl tap`.
+#[derive(Debug, Args)]
+pub struct TapArgs {
+    /// NAMESPACE or NAMESPACE/WORKLOAD: only connections with that workload on either side.
+    #[arg(value_name = "NS[/WORKLOAD]")]
+    pub target: Option<String>,
+    /// A ztunnel, ADMIN[,READINESS[,STATS]]; repeatable [env: MESHCTL_ZTUNNELS].
+    #[arg(long = "ztunnel", value_name = "ADMIN")]
+    pub ztunnels: Vec<String>,
+    /// Stop after this many events.
+    #[arg(long)]
+    pub limit: Option<u64>,
+    /// Stop after this long (e.g. 30s).
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Output format: table (one aligned line per event) or json (one object per line).
+    #[arg(long, short = 'o', value_enum, default_value = "table")]
+    pub output: Format,
 }
 
 /// Sections of `ztunnel-config`.

@@ -78,33 +78,7 @@ fn io_err(e: std::io::Error, timeout: Duration) -> HttpError {
 /// GETs `path` (with query) from `addr` (`host:port`); each connect, read and write has
 /// `timeout`.
 pub fn get(addr: &str, path: &str, timeout: Duration) -> Result<Response, HttpError> {
-    let addrs: Vec<SocketAddr> = addr
-        .to_socket_addrs()
-        .map_err(HttpError::Resolve)?
-        .collect();
-    let mut last = None;
-    let mut stream = None;
-    for a in &addrs {
-        match TcpStream::connect_timeout(a, timeout) {
-            Ok(s) => {
-                stream = Some(s);
-                break;
-            }
-            Err(e) => last = Some(e),
-        }
-    }
-    let mut stream = match stream {
-        Some(s) => s,
-        None => {
-            let e = last.unwrap_or_else(|| std::io::Error::other("no address"));
-            return Err(match e.kind() {
-                std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => {
-                    HttpError::Timeout(timeout)
-                }
-                _ => HttpError::Connect(e),
-            });
-        }
-    };
+    let mut stream = connect(addr, timeout)?;
     let to = |e| io_err(e, timeout);
     stream.set_read_timeout(Some(timeout)).map_err(to)?;
     stream.set_write_timeout(Some(timeout)).map_err(to)?;
@@ -122,8 +96,140 @@ pub fn get(addr: &str, path: &str, timeout: Duration) -> Result<Response, HttpEr
     parse_response(&raw)
 }
 
+fn connect(addr: &str, timeout: Duration) -> Result<TcpStream, HttpError> {
+    let addrs: Vec<SocketAddr> = addr
+        .to_socket_addrs()
+        .map_err(HttpError::Resolve)?
+        .collect();
+    let mut last = None;
+    for a in &addrs {
+        match TcpStream::connect_timeout(a, timeout) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    let e = last.unwrap_or_else(|| std::io::Error::other("no address"));
+    Err(match e.kind() {
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => HttpError::Timeout(timeout),
+        _ => HttpError::Connect(e),
+    })
+}
+
+/// GETs a streamed response (`application/x-ndjson`, chunked or not) and calls `on_line` with
+/// each body line as it arrives, until the server ends the body or `on_line` returns false.
+/// `timeout` bounds the connect and the response head; the body may take as long as it likes.
+pub fn stream_lines(
+    addr: &str,
+    path: &str,
+    timeout: Duration,
+    mut on_line: impl FnMut(&[u8]) -> bool,
+) -> Result<(), HttpError> {
+    let mut stream = connect(addr, timeout)?;
+    let to = |e| io_err(e, timeout);
+    stream.set_read_timeout(Some(timeout)).map_err(to)?;
+    stream.set_write_timeout(Some(timeout)).map_err(to)?;
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: meshctl/{}\r\nAccept: application/x-ndjson\r\nConnection: close\r\n\r\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    stream.write_all(req.as_bytes()).map_err(to)?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    let head_end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p;
+        }
+        if buf.len() > 64 * 1024 {
+            return Err(HttpError::Malformed("response head over 64 KiB".into()));
+        }
+        let n = stream.read(&mut chunk).map_err(to)?;
+        if n == 0 {
+            return Err(HttpError::Malformed("the connection closed without an answer".into()));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let (head, _) = parse_head(&buf)?;
+    if head.status != 200 {
+        // The rest of an error answer is short: read it for the message.
+        let _ = stream.read_to_end(&mut buf);
+        let full = parse_response(&buf)?;
+        return Err(HttpError::Malformed(full.summary()));
+    }
+    let chunked = head
+        .header("transfer-encoding")
+        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+    // Events may be minutes apart: no read timeout on the body.
+    stream.set_read_timeout(None).map_err(to)?;
+    let mut raw: Vec<u8> = buf[head_end + 4..].to_vec();
+    let mut body: Vec<u8> = Vec::new();
+    let mut done = false;
+    loop {
+        if chunked {
+            // Move every complete chunk from `raw` to `body`.
+            loop {
+                let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") else { break };
+                let size_text = String::from_utf8_lossy(&raw[..eol]).into_owned();
+                let size_text = size_text.split(';').next().unwrap_or("").trim().to_string();
+                let size = usize::from_str_radix(&size_text, 16)
+                    .map_err(|_| HttpError::Malformed(format!("chunk size {size_text:?}")))?;
+                if size == 0 {
+                    done = true;
+                    break;
+                }
+                if raw.len() < eol + 2 + size + 2 {
+                    break;
+                }
+                body.extend_from_slice(&raw[eol + 2..eol + 2 + size]);
+                raw.drain(..eol + 2 + size + 2);
+            }
+        } else {
+            body.append(&mut raw);
+        }
+        while let Some(nl) = body.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = body.drain(..=nl).collect();
+            if !on_line(&line[..line.len() - 1]) {
+                return Ok(());
+            }
+        }
+        if done {
+            return Ok(());
+        }
+        let n = stream.read(&mut chunk).map_err(|e| io_err(e, timeout))?;
+        if n == 0 {
+            return Ok(());
+        }
+        raw.extend_from_slice(&chunk[..n]);
+    }
+}
+
 /// Parses a complete HTTP/1.x response (what the server sent before closing).
 pub fn parse_response(raw: &[u8]) -> Result<Response, HttpError> {
+    let (mut resp, end) = parse_head(raw)?;
+    let body = &raw[end + 4..];
+    resp.body = if resp
+        .header("transfer-encoding")
+        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
+    {
+        dechunk(body)?
+    } else if let Some(len) = resp
+        .header("content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        if body.len() < len {
+            return Err(HttpError::Malformed(format!(
+                "body cut short: {} of {len} bytes",
+                body.len()
+            )));
+        }
+        body[..len].to_vec()
+    } else {
+        body.to_vec()
+    };
+    Ok(resp)
+}
+
+/// Status line and headers (empty body), and where the head ends (the `\r\n\r\n`).
+fn parse_head(raw: &[u8]) -> Result<(Response, usize), HttpError> {
     let end = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -153,32 +259,14 @@ pub fn parse_response(raw: &[u8]) -> Result<Response, HttpError> {
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect();
-    let mut resp = Response {
-        status,
-        headers,
-        body: Vec::new(),
-    };
-    let body = &raw[end + 4..];
-    resp.body = if resp
-        .header("transfer-encoding")
-        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
-    {
-        dechunk(body)?
-    } else if let Some(len) = resp
-        .header("content-length")
-        .and_then(|v| v.parse::<usize>().ok())
-    {
-        if body.len() < len {
-            return Err(HttpError::Malformed(format!(
-                "body cut short: {} of {len} bytes",
-                body.len()
-            )));
-        }
-        body[..len].to_vec()
-    } else {
-        body.to_vec()
-    };
-    Ok(resp)
+    Ok((
+        Response {
+            status,
+            headers,
+            body: Vec::new(),
+        },
+        end,
+    ))
 }
 
 fn dechunk(mut b: &[u8]) -> Result<Vec<u8>, HttpError> {

@@ -208,6 +208,39 @@ fn captured_pods_reach_a_service_by_vip_pod_ip_and_dns_name_over_mtls() {
             &["reporter=\"destination\"", principal, dst, mtls],
         );
         anyhow::ensure!(src >= 4.0 && dest >= 4.0, "mTLS connections: source {src}, destination {dest}");
+        // `meshctl tap` shows the client's connections live, with both identities.
+        let tap = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", node_netns(&c, "node-1")))
+            .arg("--")
+            .arg(mesh_e2e::bins::bin("meshctl")?)
+            .args(["tap", "demo/client", "--ztunnel", "127.0.0.1:15000", "--limit", "2", "-o", "json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let mut tap = KillOnDrop(tap);
+        let exited = poll("meshctl tap to see two events", Duration::from_secs(20), || {
+            curl(&c, "demo", "client", &format!("http://{VIP}/"))?;
+            Ok(tap.0.try_wait()?.map(|_| ()))
+        });
+        let out = tap.finish()?;
+        exited?;
+        let events: Vec<Value> = String::from_utf8_lossy(&out)
+            .lines()
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()
+            .context("tap -o json prints one JSON object per line")?;
+        anyhow::ensure!(events.len() == 2, "{events:?}");
+        for ev in &events {
+            anyhow::ensure!(
+                ev["src"]["workload"] == "client"
+                    && ev["src"]["identity"] == "spiffe://cluster.local/ns/demo/sa/client"
+                    && ev["dst"]["identity"] == "spiffe://cluster.local/ns/demo/sa/server"
+                    && ev["security"] == "mutual_tls"
+                    && ev["direction"] == "outbound",
+                "{ev}"
+            );
+        }
+
         // Each node agent enrolled exactly its own pod.
         for (node, pod) in [("node-1", "client"), ("node-2", "server")] {
             let dump = config_dump(&c, node)?;
@@ -219,6 +252,30 @@ fn captured_pods_reach_a_service_by_vip_pod_ip_and_dns_name_over_mtls() {
         }
         Ok(())
     });
+}
+
+/// A child killed on drop (a test that fails half-way must not leave it running).
+struct KillOnDrop(std::process::Child);
+
+impl KillOnDrop {
+    /// Ends the child if it still runs and returns everything it printed.
+    fn finish(&mut self) -> anyhow::Result<Vec<u8>> {
+        use std::io::Read;
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let mut buf = Vec::new();
+        if let Some(mut o) = self.0.stdout.take() {
+            o.read_to_end(&mut buf)?;
+        }
+        Ok(buf)
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Captures on `iface` (or `all`) in `netns` until [`Sniffer::finish`].
