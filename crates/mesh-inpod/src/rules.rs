@@ -265,13 +265,18 @@ fn run_in(netns: &Path, cmd: &[String], stdin: Option<&str>) -> Result<String, S
     let mut child = c.spawn().map_err(|e| {
         format!("running nsenter {shown}: {e} (are nsenter and iptables installed?)")
     })?;
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(input.as_bytes())
-            .map_err(|e| format!("writing to {shown}: {e}"))?;
-    }
+    // A command that fails at once (e.g. nsenter on a missing netns) closes its stdin before we
+    // write: its exit status and stderr below say why, a bare EPIPE would not.
+    let write_err = match (stdin, child.stdin.take()) {
+        (Some(input), Some(mut pipe)) => pipe.write_all(input.as_bytes()).err(),
+        _ => None,
+    };
     let out = child
         .wait_with_output()
         .map_err(|e| format!("waiting for {shown}: {e}"))?;
+    if let (Some(e), true) = (write_err, out.status.success()) {
+        return Err(format!("writing to {shown} in {}: {e}", netns.display()));
+    }
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
