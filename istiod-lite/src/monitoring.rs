@@ -161,6 +161,9 @@ fn handle(state: &MonitoringState, req: Request<Incoming>) -> Response<Full<Byte
         }
         "/debug/connections" => json(&state.clients.list()),
         "/debug/config" => json(&*state.config.borrow().clone()),
+        "/debug/gateways" => json(&crate::model::gateway_status::waypoint_statuses(
+            &state.config.borrow().clone(),
+        )),
         "/debug/config_dump" => {
             let proxy_id = req.uri().query().and_then(|q| query_param(q, "proxyID"));
             match crate::xds::debug::config_dump(&state.clients, proxy_id.as_deref()) {

@@ -27,6 +27,7 @@ pub fn run(cli: Cli, env: &dyn Source) -> Result<(), Error> {
         Command::Stat(a) => cmd::stat::run(a, &ctx, &mut out),
         Command::Local(a) => cmd::local::run(a, &mut out),
         Command::Tap(a) => cmd::tap::run(a, &ctx, &mut out),
+        Command::Waypoint(a) => cmd::waypoint::run(a, &ctx, &mut out),
     };
     out.flush()?;
     result

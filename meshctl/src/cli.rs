@@ -50,6 +50,99 @@ pub enum Command {
     /// connections with both identities, mTLS or plaintext, bytes, duration and response flags.
     /// Runs until --limit events, --duration, or Ctrl-C; -o json prints one event per line.
     Tap(TapArgs),
+    /// Waypoints as istioctl manages them: apply, list, status, delete (Gateway objects of class
+    /// istio-waypoint; with --local the waypoint also runs as a pod of that local cluster).
+    Waypoint(WaypointArgs),
+}
+
+/// `meshctl waypoint`.
+#[derive(Debug, Args)]
+pub struct WaypointArgs {
+    /// Namespace of the waypoint.
+    #[arg(long, short = 'n', global = true, default_value = "default")]
+    pub namespace: String,
+    /// A `meshctl local` cluster to manage waypoints in [env: MESHCTL_LOCAL].
+    #[arg(long, global = true, value_name = "CLUSTER")]
+    pub local: Option<String>,
+    /// State directory of that local cluster (as given to `meshctl local`).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Without --local: the directory istiod-lite watches (its CONFIG_DIR) [env: MESHCTL_CONFIG_DIR].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub config_dir: Option<PathBuf>,
+    /// Without --local: istiod-lite's monitoring address [env: MESHCTL_ISTIOD].
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub istiod: Option<String>,
+    /// The operation.
+    #[command(subcommand)]
+    pub command: WaypointCommand,
+}
+
+/// `meshctl waypoint` operations.
+#[derive(Debug, Subcommand)]
+pub enum WaypointCommand {
+    /// Create or update a waypoint Gateway (and, with --local, run its pod).
+    Apply(WaypointApplyArgs),
+    /// Waypoints of the namespace (or all, -A) and whether they are programmed.
+    List(WaypointListArgs),
+    /// The Accepted and Programmed conditions of the namespace's waypoints; exit 1 if one is
+    /// not programmed.
+    Status(WaypointStatusArgs),
+    /// Delete waypoints (the Gateway objects, and with --local their pods).
+    Delete(WaypointDeleteArgs),
+}
+
+/// `meshctl waypoint apply`.
+#[derive(Debug, Args)]
+pub struct WaypointApplyArgs {
+    /// Gateway name.
+    #[arg(long, default_value = "waypoint")]
+    pub name: String,
+    /// Traffic the waypoint handles (istio.io/waypoint-for): service, workload, all, none.
+    #[arg(long = "for", default_value = "service", value_parser = ["service", "workload", "all", "none"])]
+    pub waypoint_for: String,
+    /// Also label the namespace istio.io/use-waypoint=<name> (--local only).
+    #[arg(long)]
+    pub enroll_namespace: bool,
+    /// Wait until the waypoint is programmed (a ready waypoint pod exists).
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+/// `meshctl waypoint list`.
+#[derive(Debug, Args)]
+pub struct WaypointListArgs {
+    /// All namespaces.
+    #[arg(long, short = 'A')]
+    pub all_namespaces: bool,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value = "table")]
+    pub output: Format,
+}
+
+/// `meshctl waypoint status`.
+#[derive(Debug, Args)]
+pub struct WaypointStatusArgs {
+    /// Only this waypoint.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value = "table")]
+    pub output: Format,
+}
+
+/// `meshctl waypoint delete`.
+#[derive(Debug, Args)]
+pub struct WaypointDeleteArgs {
+    /// Waypoint names.
+    #[arg(value_name = "NAME")]
+    pub names: Vec<String>,
+    /// Every waypoint of the namespace.
+    #[arg(long)]
+    pub all: bool,
 }
 
 /// `meshctl tap`.

@@ -2,6 +2,7 @@
 //! previous snapshot precomputed once for all clients.
 
 pub mod authorization;
+pub mod gateway_status;
 pub mod peer_authentication;
 pub mod routes;
 pub mod service;

@@ -5,6 +5,7 @@ pub mod check;
 pub mod local;
 pub mod stat;
 pub mod tap;
+pub mod waypoint;
 pub mod ztunnel_config;
 
 use std::time::Duration;

@@ -102,6 +102,32 @@ impl LocalCluster {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// `meshctl waypoint --local N --state-dir D <args>` (waypoints of this cluster); stdout on
+    /// success.
+    pub fn waypoint(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut c = Command::new(&self.meshctl);
+        c.args(["waypoint", "--local", &self.name])
+            .arg("--state-dir")
+            .arg(&self.dir)
+            .args(args)
+            .env("NO_COLOR", "1");
+        let out = c.output().with_context(|| format!("running {c:?}"))?;
+        eprintln!(
+            "$ meshctl waypoint {} -> {}\n{}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        anyhow::ensure!(
+            out.status.success(),
+            "meshctl waypoint {} failed ({})",
+            args.join(" "),
+            out.status
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// `status -o json`.
     pub fn status(&self) -> anyhow::Result<Value> {
         Ok(serde_json::from_str(&self.ok(&["status", "-o", "json"])?)?)

@@ -566,72 +566,38 @@ fn captured_traffic_to_a_service_goes_through_its_namespace_waypoint() {
     }
     let c = cluster(1).expect("cluster");
     check(&c, || {
-        let bin = mesh_e2e::bins::bin_dir()?;
-        // The Gateway, the namespace attached to it, and a route with a redirect rule (only a
-        // waypoint can answer that one).
-        write_config(
-            &c,
-            "gateway.demo.waypoint.yaml",
-            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: waypoint, namespace: demo, labels: {istio.io/waypoint-for: service}}\nspec:\n  gatewayClassName: istio-waypoint\n  listeners: [{name: mesh, port: 15008, protocol: HBONE}]\n",
-        )?;
+        // A route with a redirect rule: only a waypoint can answer that one.
         write_config(
             &c,
             "httproute.demo.server.yaml",
             "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: server, namespace: demo}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: server, port: 80}]\n  rules:\n  - matches: [{path: {type: PathPrefix, value: /old}}]\n    filters: [{type: RequestRedirect, requestRedirect: {path: {type: ReplaceFullPath, replaceFullPath: /new}, statusCode: 301}}]\n  - backendRefs: [{name: server, port: 80}]\n",
         )?;
-        c.ok(&[
-            "namespace",
-            "demo",
-            "--label",
-            "istio.io/dataplane-mode=ambient",
-            "--label",
-            "istio.io/use-waypoint=waypoint",
-        ])?;
-        let token = Command::new(bin.join("istiod-lite"))
-            .args(["waypoint-token", "--state-dir"])
-            .arg(c.dir.join("istiod"))
-            .args(["--namespace", "demo", "--gateway", "waypoint"])
-            .output()?;
-        anyhow::ensure!(token.status.success(), "waypoint-token failed");
-        let token_file = c.dir.join("waypoint.token");
-        std::fs::write(&token_file, &token.stdout)?;
-        // The waypoint pod: Istio's labels, not captured itself (it terminates HBONE).
-        let wp_bin = bin.join("waypoint").display().to_string();
-        let auth = format!("AUTH_TOKEN={}", token_file.display());
-        let wp_ip = c
-            .ok(&[
-                "pod",
-                "add",
-                "waypoint",
-                "-n",
-                "demo",
-                "--sa",
-                "waypoint",
-                "--node",
-                "node-1",
-                "--label",
-                "gateway.networking.k8s.io/gateway-name=waypoint",
-                "--",
-                "env",
-                "XDS_ADDRESS=http://10.243.0.1:15010",
-                &auth,
-                "POD_NAMESPACE=demo",
-                "GATEWAY_NAME=waypoint",
-                "POD_NAME=waypoint",
-                &wp_bin,
-            ])?
-            .trim()
+        // As istioctl: the Gateway, the waypoint pod (the tool's stand-in for the waypoint
+        // controller), the namespace label, and a wait until it is programmed.
+        let out = c.waypoint(&["-n", "demo", "apply", "--enroll-namespace", "--wait"])?;
+        anyhow::ensure!(out.contains("waypoint demo/waypoint is ready"), "{out}");
+        let list: Value = serde_json::from_str(&c.waypoint(&["-n", "demo", "list", "-o", "json"])?)?;
+        anyhow::ensure!(
+            list[0]["name"] == "waypoint" && list[0]["waypointFor"] == "service",
+            "{list}"
+        );
+        let status = c.waypoint(&["-n", "demo", "status"])?;
+        anyhow::ensure!(
+            status.lines().any(|l| l.contains("True") && l.contains("Programmed")),
+            "{status}"
+        );
+        let st = c.status()?;
+        let wp_ip = st["pods"]
+            .as_object()
+            .context("pods")?
+            .values()
+            .find(|p| p["name"] == "waypoint" && p["namespace"] == "demo")
+            .and_then(|p| p["ip"].as_str())
+            .context("waypoint pod IP in status")?
             .to_string();
         anyhow::ensure!(!captured(&c, "demo", "waypoint")?, "the waypoint pod must not be captured");
-        poll("the waypoint ready", Duration::from_secs(30), || {
-            let out = LocalCluster::in_netns(
-                &pod_netns(&c, "demo", "waypoint"),
-                &["curl", "-fsS", "--max-time", "1", "http://127.0.0.1:15021/healthz/ready"],
-            )?;
-            Ok(out.status.success().then_some(()))
-        })?;
         pod(&c, "demo", "server", "node-1", &["app=server"], true)?;
-        pod(&c, "demo", "client", "node-1", &[], false)?;
+        let client_ip = pod(&c, "demo", "client", "node-1", &[], false)?;
         write_service(&c)?;
 
         // The redirect can only come from the waypoint's route.
@@ -676,6 +642,16 @@ fn captured_traffic_to_a_service_goes_through_its_namespace_waypoint() {
             ],
         );
         anyhow::ensure!(to_wp >= 2.0, "client -> waypoint mTLS connections: {to_wp}");
+
+        // Deleted: the Gateway and its pod go, and the Service is served directly again
+        // (server.py answers /old itself).
+        c.waypoint(&["-n", "demo", "delete", "waypoint"])?;
+        let body = poll("/old served without the waypoint", Duration::from_secs(20), || {
+            Ok(curl(&c, "demo", "client", &format!("http://{VIP}/old"))
+                .ok()
+                .filter(|b| b.contains("hello from pod server")))
+        })?;
+        anyhow::ensure!(body.contains(&format!("you called from {client_ip}:")), "{body}");
         Ok(())
     });
 }

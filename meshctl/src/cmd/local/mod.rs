@@ -21,6 +21,7 @@ pub mod objects;
 mod pod;
 pub mod process;
 pub mod state;
+pub mod waypoint;
 #[cfg(test)]
 mod tests;
 
