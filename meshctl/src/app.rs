@@ -28,6 +28,7 @@ pub fn run(cli: Cli, env: &dyn Source) -> Result<(), Error> {
         Command::Local(a) => cmd::local::run(a, &mut out),
         Command::Tap(a) => cmd::tap::run(a, &ctx, &mut out),
         Command::Waypoint(a) => cmd::waypoint::run(a, &ctx, &mut out),
+        Command::Describe(a) => cmd::describe::run(a, &ctx, &mut out),
     };
     out.flush()?;
     result

@@ -53,6 +53,47 @@ pub enum Command {
     /// Waypoints as istioctl manages them: apply, list, status, delete (Gateway objects of class
     /// istio-waypoint; with --local the waypoint also runs as a pod of that local cluster).
     Waypoint(WaypointArgs),
+    /// What the mesh does with a pod or service and why: capturing node agent, identity,
+    /// waypoint, L4 policies, routes.
+    Describe(DescribeArgs),
+}
+
+/// `meshctl describe`.
+#[derive(Debug, Args)]
+pub struct DescribeArgs {
+    /// pod or service.
+    #[arg(value_enum)]
+    pub kind: DescribeKind,
+    /// Its name.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// Its namespace.
+    #[arg(long, short = 'n', default_value = "default")]
+    pub namespace: String,
+    /// ztunnels to ask, ADMIN[,READINESS[,STATS]]; repeatable [env: MESHCTL_ZTUNNELS].
+    #[arg(long = "ztunnel", value_name = "ADMIN")]
+    pub ztunnels: Vec<String>,
+    /// istiod-lite's monitoring address, for routes [env: MESHCTL_ISTIOD].
+    #[arg(long, value_name = "ADDR")]
+    pub istiod: Option<String>,
+    /// A `meshctl local` cluster (its ztunnels and istiod-lite are read inside its namespaces)
+    /// [env: MESHCTL_LOCAL].
+    #[arg(long, value_name = "CLUSTER")]
+    pub local: Option<String>,
+    /// State directory of that local cluster.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// What `describe` describes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DescribeKind {
+    /// A pod (workload).
+    #[value(alias = "pods", alias = "po")]
+    Pod,
+    /// A service.
+    #[value(alias = "services", alias = "svc")]
+    Service,
 }
 
 /// `meshctl waypoint`.

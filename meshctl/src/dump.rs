@@ -129,6 +129,14 @@ pub struct Workload {
     pub healthy: Option<bool>,
     /// Istio: `Healthy` / `Unhealthy`.
     pub status: Option<String>,
+    /// Trust domain of its identity.
+    pub trust_domain: String,
+    /// Service account of its identity.
+    pub service_account: String,
+    /// Names (`ns/name`) of the L4 policies pushed for it.
+    pub authorization_policies: Vec<String>,
+    /// A waypoint (terminates HBONE itself, never captured).
+    pub native_tunnel: bool,
 }
 
 impl Workload {
@@ -174,12 +182,26 @@ pub struct Service {
     pub waypoint: Option<Value>,
     /// Istio: endpoints by workload uid.
     pub endpoints: Option<BTreeMap<String, Value>>,
+    /// Ports (`servicePort`, `targetPort`, `appProtocol`).
+    pub ports: Vec<Value>,
 }
 
 impl Service {
     /// `ns/hostname`: the key in `Workload::services`.
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.hostname)
+    }
+
+    /// (service port, target port, protocol) of each port.
+    pub fn raw_ports(&self) -> Vec<(u64, u64, String)> {
+        self.ports
+            .iter()
+            .map(|p| {
+                let n = |k: &str| p[k].as_u64().unwrap_or_default();
+                let proto = p["appProtocol"].as_str().filter(|s| !s.is_empty()).unwrap_or("tcp");
+                (n("servicePort"), n("targetPort"), proto.to_string())
+            })
+            .collect()
     }
 
     /// First VIP, or "".
@@ -222,18 +244,21 @@ pub fn waypoint_name(waypoint: Option<&Value>, services: &[Service]) -> String {
     let Some(w) = waypoint.filter(|w| !w.is_null()) else {
         return "None".into();
     };
+    // Istio's dump: `destination` or `hostname`; ambient-rs: `target.hostname` / `target.address`.
+    let target = w.get("target").unwrap_or(w);
     let dest = w
         .get("destination")
         .and_then(Value::as_str)
         .map(str::to_string)
         .or_else(|| {
-            let h = w.get("hostname")?;
+            let h = target.get("hostname")?;
             Some(format!(
                 "{}/{}",
                 h.get("namespace")?.as_str()?,
                 h.get("hostname")?.as_str()?
             ))
-        });
+        })
+        .or_else(|| target.get("address")?.as_str().map(str::to_string));
     match dest {
         Some(d) => services
             .iter()

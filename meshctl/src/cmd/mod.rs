@@ -2,6 +2,7 @@
 //! failures into errors naming the component, the address and what to check.
 
 pub mod check;
+pub mod describe;
 pub mod local;
 pub mod stat;
 pub mod tap;

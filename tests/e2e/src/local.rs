@@ -102,18 +102,18 @@ impl LocalCluster {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// `meshctl waypoint --local N --state-dir D <args>` (waypoints of this cluster); stdout on
-    /// success.
-    pub fn waypoint(&self, args: &[&str]) -> anyhow::Result<String> {
+    /// `meshctl <args> --local N --state-dir D` (a command aimed at this cluster, e.g.
+    /// `waypoint ...`, `describe ...`); stdout on success.
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
         let mut c = Command::new(&self.meshctl);
-        c.args(["waypoint", "--local", &self.name])
+        c.args(args)
+            .args(["--local", &self.name])
             .arg("--state-dir")
             .arg(&self.dir)
-            .args(args)
             .env("NO_COLOR", "1");
         let out = c.output().with_context(|| format!("running {c:?}"))?;
         eprintln!(
-            "$ meshctl waypoint {} -> {}\n{}{}",
+            "$ meshctl {} -> {}\n{}{}",
             args.join(" "),
             out.status,
             String::from_utf8_lossy(&out.stdout),
@@ -121,7 +121,7 @@ impl LocalCluster {
         );
         anyhow::ensure!(
             out.status.success(),
-            "meshctl waypoint {} failed ({})",
+            "meshctl {} failed ({})",
             args.join(" "),
             out.status
         );

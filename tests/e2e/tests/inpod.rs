@@ -574,14 +574,14 @@ fn captured_traffic_to_a_service_goes_through_its_namespace_waypoint() {
         )?;
         // As istioctl: the Gateway, the waypoint pod (the tool's stand-in for the waypoint
         // controller), the namespace label, and a wait until it is programmed.
-        let out = c.waypoint(&["-n", "demo", "apply", "--enroll-namespace", "--wait"])?;
+        let out = c.cli(&["waypoint", "-n", "demo", "apply", "--enroll-namespace", "--wait"])?;
         anyhow::ensure!(out.contains("waypoint demo/waypoint is ready"), "{out}");
-        let list: Value = serde_json::from_str(&c.waypoint(&["-n", "demo", "list", "-o", "json"])?)?;
+        let list: Value = serde_json::from_str(&c.cli(&["waypoint", "-n", "demo", "list", "-o", "json"])?)?;
         anyhow::ensure!(
             list[0]["name"] == "waypoint" && list[0]["waypointFor"] == "service",
             "{list}"
         );
-        let status = c.waypoint(&["-n", "demo", "status"])?;
+        let status = c.cli(&["waypoint", "-n", "demo", "status"])?;
         anyhow::ensure!(
             status.lines().any(|l| l.contains("True") && l.contains("Programmed")),
             "{status}"
@@ -630,6 +630,22 @@ fn captured_traffic_to_a_service_goes_through_its_namespace_waypoint() {
                 && l.contains("source_principal=\"spiffe://cluster.local/ns/demo/sa/client\"")),
             "istio_requests_total lacks the client's 301: {m}"
         );
+        // `meshctl describe` explains it: the service's waypoint and route, the pod's capture.
+        let svc = c.cli(&["describe", "service", "server", "-n", "demo"])?;
+        for want in ["server.demo.svc.cluster.local", VIP, "Waypoint:         waypoint", "HTTPRoute demo/server (2 rules)"] {
+            anyhow::ensure!(svc.contains(want), "describe service lacks {want:?}:\n{svc}");
+        }
+        let pod_desc = c.cli(&["describe", "pod", "server", "-n", "demo"])?;
+        for want in [
+            "spiffe://cluster.local/ns/demo/sa/server",
+            "Captured:         yes: in-pod, by the ztunnel of node-1",
+            "waypoint (traffic to server.demo.svc.cluster.local)",
+        ] {
+            anyhow::ensure!(pod_desc.contains(want), "describe pod lacks {want:?}:\n{pod_desc}");
+        }
+        let wp_desc = c.cli(&["describe", "pod", "waypoint", "-n", "demo"])?;
+        anyhow::ensure!(wp_desc.contains("no: a waypoint"), "{wp_desc}");
+
         // The client's ztunnel sent it to the waypoint over mTLS.
         let zm = metrics(&c, "node-1")?;
         let to_wp = opened(
@@ -645,7 +661,7 @@ fn captured_traffic_to_a_service_goes_through_its_namespace_waypoint() {
 
         // Deleted: the Gateway and its pod go, and the Service is served directly again
         // (server.py answers /old itself).
-        c.waypoint(&["-n", "demo", "delete", "waypoint"])?;
+        c.cli(&["waypoint", "-n", "demo", "delete", "waypoint"])?;
         let body = poll("/old served without the waypoint", Duration::from_secs(20), || {
             Ok(curl(&c, "demo", "client", &format!("http://{VIP}/old"))
                 .ok()

@@ -35,6 +35,19 @@ pub fn istiod_get(cluster: &str, dir: &Path, path: &str, timeout: Duration) -> R
         .map_err(|e| LocalError::Invalid(format!("istiod-lite in cluster {cluster}: {e}")))
 }
 
+/// Every node's ztunnel `/config_dump` (node name, response), read inside each node netns.
+pub fn ztunnel_dumps(cluster: &str, dir: &Path, timeout: Duration) -> Result<Vec<(String, crate::http::Response)>, LocalError> {
+    let st = load(cluster, dir)?;
+    st.nodes
+        .iter()
+        .map(|n| {
+            super::netns::http_get_in(&n.netns, "127.0.0.1:15000", "/config_dump", timeout)
+                .map(|r| (n.name.clone(), r))
+                .map_err(|e| LocalError::Invalid(format!("ztunnel on {}: {e}", n.name)))
+        })
+        .collect()
+}
+
 /// Starts pod `<name>` in `namespace` running the waypoint for Gateway `name` (if not running).
 pub fn start(cluster: &str, dir: &Path, namespace: &str, name: &str, out: &mut dyn Write) -> Result<(), LocalError> {
     let st = load(cluster, dir)?;
