@@ -156,9 +156,14 @@ fn opened(metrics: &str, parts: &[&str]) -> f64 {
         .sum()
 }
 
-/// Runs `body`; on failure prints the cluster's logs before panicking.
-fn check(c: &LocalCluster, body: impl FnOnce() -> anyhow::Result<()>) {
-    if let Err(e) = body() {
+/// Skips (printing why) without root or tools; else runs `body` on a fresh cluster of `nodes`
+/// nodes, printing the cluster's logs before panicking on failure.
+fn with_cluster(nodes: u8, body: impl FnOnce(&LocalCluster) -> anyhow::Result<()>) {
+    if !prerequisites() {
+        return;
+    }
+    let c = cluster(nodes).expect("cluster");
+    if let Err(e) = body(&c) {
         if let Ok(entries) = std::fs::read_dir(c.dir.join("logs")) {
             for e in entries.flatten() {
                 let text = std::fs::read_to_string(e.path()).unwrap_or_default();
@@ -175,11 +180,7 @@ fn check(c: &LocalCluster, body: impl FnOnce() -> anyhow::Result<()>) {
 
 #[test]
 fn captured_pods_reach_a_service_by_vip_pod_ip_and_dns_name_over_mtls() {
-    if !prerequisites() {
-        return;
-    }
-    let c = cluster(2).expect("cluster");
-    check(&c, || {
+    with_cluster(2, |c| {
         let server_ip = pod(&c, "demo", "server", "node-2", &["app=server"], true)?;
         let client_ip = pod(&c, "demo", "client", "node-1", &[], false)?;
         write_service(&c)?;
@@ -314,11 +315,7 @@ impl Sniffer {
 
 #[test]
 fn no_plaintext_payload_crosses_the_pod_bridge_between_meshed_pods() {
-    if !prerequisites() {
-        return;
-    }
-    let c = cluster(1).expect("cluster");
-    check(&c, || {
+    with_cluster(1, |c| {
         let server_ip = pod(&c, "demo", "server", "node-1", &["app=server"], true)?;
         pod(&c, "demo", "client", "node-1", &[], false)?;
         // The same pair outside the mesh, on the same bridge: proves the capture sees payloads.
@@ -356,11 +353,7 @@ fn no_plaintext_payload_crosses_the_pod_bridge_between_meshed_pods() {
 
 #[test]
 fn opt_out_label_and_namespace_label_flip_release_and_enroll_running_pods() {
-    if !prerequisites() {
-        return;
-    }
-    let c = cluster(1).expect("cluster");
-    check(&c, || {
+    with_cluster(1, |c| {
         let server_ip = pod(&c, "demo", "server", "node-1", &["app=server"], true)?;
         let client_ip = pod(&c, "demo", "client", "node-1", &[], false)?;
         let optout_ip = pod(
@@ -426,11 +419,7 @@ fn opt_out_label_and_namespace_label_flip_release_and_enroll_running_pods() {
 
 #[test]
 fn strict_peer_authentication_refuses_plaintext_from_a_pod_outside_the_mesh() {
-    if !prerequisites() {
-        return;
-    }
-    let c = cluster(1).expect("cluster");
-    check(&c, || {
+    with_cluster(1, |c| {
         let server_ip = pod(&c, "demo", "server", "node-1", &["app=server"], true)?;
         pod(&c, "demo", "client", "node-1", &[], false)?;
         let stranger_ip = pod(&c, "outside", "stranger", "node-1", &[], false)?;
@@ -468,11 +457,7 @@ fn strict_peer_authentication_refuses_plaintext_from_a_pod_outside_the_mesh() {
 
 #[test]
 fn authorization_policy_is_enforced_on_captured_traffic() {
-    if !prerequisites() {
-        return;
-    }
-    let c = cluster(1).expect("cluster");
-    check(&c, || {
+    with_cluster(1, |c| {
         let server_ip = pod(&c, "demo", "server", "node-1", &["app=server"], true)?;
         pod(&c, "demo", "client", "node-1", &[], false)?;
         pod(&c, "demo", "other", "node-1", &[], false)?;
@@ -497,11 +482,7 @@ fn authorization_policy_is_enforced_on_captured_traffic() {
 
 #[test]
 fn ztunnel_killed_and_restarted_under_traffic_keeps_pods_captured() {
-    if !prerequisites() {
-        return;
-    }
-    let c = cluster(2).expect("cluster");
-    check(&c, || {
+    with_cluster(2, |c| {
         let server_ip = pod(&c, "demo", "server", "node-2", &["app=server"], true)?;
         let client_ip = pod(&c, "demo", "client", "node-1", &[], false)?;
         let url = format!("http://{server_ip}:8080/");
@@ -561,11 +542,7 @@ fn ztunnel_killed_and_restarted_under_traffic_keeps_pods_captured() {
 /// HBONE to the waypoint (authority = the VIP) → HTTPRoute → HBONE to the server pod.
 #[test]
 fn captured_traffic_to_a_service_goes_through_its_namespace_waypoint() {
-    if !prerequisites() {
-        return;
-    }
-    let c = cluster(1).expect("cluster");
-    check(&c, || {
+    with_cluster(1, |c| {
         // A route with a redirect rule: only a waypoint can answer that one.
         write_config(
             &c,
