@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/ca.proto",
         "proto/status.proto",
         "proto/route.proto",
+        "proto/l7_security.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -17,9 +17,9 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity as TlsIdentity, Server, ServerTlsConfig};
 use tracing::Instrument;
 
-use crate::auth::NodeTokens;
+use crate::auth::{Authenticator, NodeTokens};
 use crate::ca::CaService;
-use crate::config::Config;
+use crate::config::{Config, ConfigSource};
 use crate::grpc::GrpcServices;
 use crate::model::{self, ModelParams};
 use crate::monitoring::{self, MonitoringState};
@@ -52,6 +52,8 @@ pub struct RunningApp {
     pub roots_pem: String,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// Kubernetes mode: keeps the API watchers running.
+    _kube: Option<crate::controller::KubeMode>,
 }
 
 impl RunningApp {
@@ -93,6 +95,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningApp> {
     let _ = rustls::crypto::ring::default_provider().install_default();
 
     match &cfg.config_dir {
+        _ if cfg.config_source == ConfigSource::Kubernetes => {}
         Some(dir) => anyhow::ensure!(
             dir.is_dir(),
             "CONFIG_DIR {} is not a directory",
@@ -116,9 +119,30 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningApp> {
     let mut tasks = Vec::new();
 
     // Config source and model.
-    let dir = cfg.config_dir.clone();
-    let (watcher, config_rx) =
-        tokio::task::spawn_blocking(move || ConfigWatcher::load(dir)).await?;
+    let mut kube_mode = None;
+    let (config_rx, auth) = match cfg.config_source {
+        ConfigSource::Kubernetes => {
+            let mut k = crate::controller::start(&cfg, shutdown_rx.clone())
+                .await
+                .context(
+                    "connecting to the Kubernetes API (in-cluster ServiceAccount or KUBECONFIG)",
+                )?;
+            // Shutdown waits for them: the leader gives its Lease up on the way out.
+            tasks.append(&mut k.tasks);
+            let parts = (k.config.clone(), k.auth.clone());
+            kube_mode = Some(k);
+            parts
+        }
+        ConfigSource::File => {
+            let dir = cfg.config_dir.clone();
+            let (watcher, config_rx) =
+                tokio::task::spawn_blocking(move || ConfigWatcher::load(dir)).await?;
+            watcher
+                .spawn(cfg.config_poll_interval, shutdown_rx.clone())
+                .context("starting the config watcher thread")?;
+            (config_rx, Authenticator::from(tokens.clone()))
+        }
+    };
     let params = ModelParams {
         trust_domain: cfg.trust_domain.clone(),
         cluster_id: cfg.cluster_id.clone(),
@@ -139,21 +163,12 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningApp> {
         )
         .instrument(tracing::info_span!("model")),
     ));
-    watcher
-        .spawn(cfg.config_poll_interval, shutdown_rx.clone())
-        .context("starting the config watcher thread")?;
-
     // gRPC services, shared by both listeners.
     let clients = Arc::new(ClientRegistry::default());
-    let xds = XdsServer::new(
-        tokens.clone(),
-        snap_rx,
-        clients.clone(),
-        shutdown_rx.clone(),
-    );
+    let xds = XdsServer::new(auth.clone(), snap_rx, clients.clone(), shutdown_rx.clone());
     let ca_svc = CaService::new(
         ca.clone(),
-        tokens.clone(),
+        auth,
         config_rx.clone(),
         cfg.max_workload_cert_ttl,
     );
@@ -221,6 +236,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningApp> {
         roots_pem,
         shutdown: shutdown_tx,
         tasks,
+        _kube: kube_mode,
     })
 }
 

@@ -19,6 +19,8 @@ use std::path::{Path, PathBuf};
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 
+pub mod kube;
+
 /// File name of the HMAC secret inside the state directory.
 pub const SECRET_FILE: &str = "node-token.key";
 const SECRET_LEN: usize = 32;
@@ -55,6 +57,72 @@ pub enum AuthError {
     /// The system random generator failed.
     #[error("system random generator failed")]
     Random,
+    /// Kubernetes mode: TokenReview says the token is not valid (for our audience).
+    #[error("ServiceAccount token rejected by TokenReview: {0}")]
+    TokenRejected(String),
+    /// Kubernetes mode: the token is valid but its holder may not call us (node authorizer).
+    #[error("not authorized: {0}")]
+    Forbidden(String),
+}
+
+impl AuthError {
+    /// The gRPC status code to answer with: PermissionDenied for an authenticated caller that
+    /// is not authorized, Unauthenticated otherwise.
+    pub fn code(&self) -> tonic::Code {
+        match self {
+            AuthError::Forbidden(_) => tonic::Code::PermissionDenied,
+            _ => tonic::Code::Unauthenticated,
+        }
+    }
+}
+
+/// How callers are authenticated: node tokens (local mode) or, in Kubernetes mode,
+/// ServiceAccount tokens reviewed by the API server ([`kube::KubeAuthenticator`]).
+#[derive(Clone, Debug)]
+pub enum Authenticator {
+    /// HMAC node and waypoint tokens.
+    Tokens(NodeTokens),
+    /// TokenReview + node authorization.
+    Kube(std::sync::Arc<kube::KubeAuthenticator>),
+}
+
+impl From<NodeTokens> for Authenticator {
+    fn from(t: NodeTokens) -> Self {
+        Authenticator::Tokens(t)
+    }
+}
+
+impl Authenticator {
+    /// Extracts the bearer token of a gRPC call and returns who it names.
+    pub async fn authenticate_principal(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Result<Principal, AuthError> {
+        match self {
+            Authenticator::Tokens(t) => t.authenticate_principal(metadata),
+            Authenticator::Kube(k) => {
+                let token = bearer_token(metadata)?.to_string();
+                k.authenticate(&token).await
+            }
+        }
+    }
+}
+
+/// The `Bearer` token of a gRPC call's `authorization` metadata.
+pub fn bearer_token(metadata: &tonic::metadata::MetadataMap) -> Result<&str, AuthError> {
+    let value = metadata
+        .get("authorization")
+        .ok_or(AuthError::MissingToken)?;
+    let value = value
+        .to_str()
+        .map_err(|_| AuthError::Malformed("authorization metadata is not ASCII"))?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .ok_or(AuthError::Malformed(
+            "authorization metadata must be \"Bearer <token>\"",
+        ))?;
+    Ok(token.trim())
 }
 
 /// Prefix of a waypoint token's subject.
@@ -238,19 +306,7 @@ impl NodeTokens {
         &self,
         metadata: &tonic::metadata::MetadataMap,
     ) -> Result<String, AuthError> {
-        let value = metadata
-            .get("authorization")
-            .ok_or(AuthError::MissingToken)?;
-        let value = value
-            .to_str()
-            .map_err(|_| AuthError::Malformed("authorization metadata is not ASCII"))?;
-        let token = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .ok_or(AuthError::Malformed(
-                "authorization metadata must be \"Bearer <token>\"",
-            ))?;
-        self.verify(token.trim())
+        self.verify(bearer_token(metadata)?)
     }
 }
 

@@ -18,7 +18,7 @@ use mesh_proto::ca::{IstioCertificateRequest, IstioCertificateResponse};
 use tokio::sync::watch;
 use tonic::{Code, Request, Response, Status};
 
-use crate::auth::{NodeTokens, Principal};
+use crate::auth::{Authenticator, Principal};
 use crate::source::ConfigSnapshot;
 
 /// Metric: CSRs received (Istio's name).
@@ -57,7 +57,7 @@ pub const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";
 #[derive(Clone)]
 pub struct CaService {
     ca: Arc<CertificateAuthority>,
-    tokens: NodeTokens,
+    auth: Authenticator,
     config: watch::Receiver<Arc<ConfigSnapshot>>,
     max_ttl: Duration,
 }
@@ -73,13 +73,13 @@ impl CaService {
     /// Signs with `ca`, authorizes against the pods of `config`, caps validity at `max_ttl`.
     pub fn new(
         ca: Arc<CertificateAuthority>,
-        tokens: NodeTokens,
+        auth: impl Into<Authenticator>,
         config: watch::Receiver<Arc<ConfigSnapshot>>,
         max_ttl: Duration,
     ) -> Self {
         CaService {
             ca,
-            tokens,
+            auth: auth.into(),
             config,
             max_ttl,
         }
@@ -192,15 +192,20 @@ impl IstioCertificateService for CaService {
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
         metrics::counter!(CSR_COUNT).increment(1);
-        let principal = match self.tokens.authenticate_principal(request.metadata()) {
+        let principal = match self.auth.authenticate_principal(request.metadata()).await {
             Ok(p) => p,
             Err(e) => {
                 metrics::counter!(AUTHENTICATION_FAILURE_COUNT).increment(1);
+                let code = e.code();
                 return Err(refuse(
                     None,
                     Refusal {
-                        code: Code::Unauthenticated,
-                        reason: "unauthenticated",
+                        code,
+                        reason: if code == Code::PermissionDenied {
+                            "not_authorized"
+                        } else {
+                            "unauthenticated"
+                        },
                         message: e.to_string(),
                     },
                 ));

@@ -34,6 +34,20 @@ pub const CLUSTER_ID: &str = "CLUSTER_ID";
 /// Namespace whose selector-less AuthorizationPolicies and PeerAuthentications apply mesh-wide
 /// (Istio's meshConfig.rootNamespace).
 pub const ROOT_NAMESPACE: &str = "ROOT_NAMESPACE";
+/// Where the config comes from: `file` (CONFIG_DIR, the default) or `kubernetes` (the API
+/// server, in-cluster or KUBECONFIG).
+pub const CONFIG_SOURCE: &str = "CONFIG_SOURCE";
+/// Namespace istiod-lite runs in (Kubernetes mode: the ztunnel ServiceAccount's and the
+/// leader Lease's namespace).
+pub const POD_NAMESPACE: &str = "POD_NAMESPACE";
+/// This replica's name (leader election identity).
+pub const POD_NAME: &str = "POD_NAME";
+/// ServiceAccount of ztunnel in POD_NAMESPACE (node authorization).
+pub const ZTUNNEL_SERVICE_ACCOUNT: &str = "ZTUNNEL_SERVICE_ACCOUNT";
+/// Image of the waypoint Deployments the controller creates; unset disables the controller.
+pub const WAYPOINT_IMAGE: &str = "WAYPOINT_IMAGE";
+/// XDS_ADDRESS given to waypoints; default https://istiod.<POD_NAMESPACE>.svc:15012.
+pub const WAYPOINT_XDS_ADDRESS: &str = "WAYPOINT_XDS_ADDRESS";
 
 const DEFAULT_STATE_DIR: &str = "./.state/istiod";
 const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
@@ -64,6 +78,12 @@ flags (each also read from the environment variable in brackets; a flag wins):
   --push-debounce-ms MS         [PUSH_DEBOUNCE_MS] default 100
   --cluster-id ID               [CLUSTER_ID] default Kubernetes
   --root-namespace NS           [ROOT_NAMESPACE] mesh-wide security policy namespace; default istio-system
+  --config-source SRC           [CONFIG_SOURCE] file (default) or kubernetes (in-cluster or KUBECONFIG)
+  --pod-namespace NS            [POD_NAMESPACE] Kubernetes mode: istiod-lite's namespace; default istio-system
+  --pod-name NAME               [POD_NAME] Kubernetes mode: leader election identity; default $HOSTNAME
+  --ztunnel-service-account SA  [ZTUNNEL_SERVICE_ACCOUNT] Kubernetes mode: ztunnel's ServiceAccount; default ztunnel
+  --waypoint-image IMAGE        [WAYPOINT_IMAGE] Kubernetes mode: waypoint image; unset disables the waypoint controller
+  --waypoint-xds-address URL    [WAYPOINT_XDS_ADDRESS] default https://istiod.<POD_NAMESPACE>.svc:15012
 ";
 
 /// Errors in flags or environment values.
@@ -149,6 +169,35 @@ pub struct Config {
     /// Poll interval of the config directory watcher.
     #[serde(serialize_with = "ser_duration")]
     pub config_poll_interval: Duration,
+    /// Where the config comes from.
+    pub config_source: ConfigSource,
+    /// Kubernetes-mode settings.
+    pub kube: KubeConfig,
+}
+
+/// Where the config comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConfigSource {
+    /// CONFIG_DIR.
+    File,
+    /// The Kubernetes API server.
+    Kubernetes,
+}
+
+/// Settings used only with `CONFIG_SOURCE=kubernetes`.
+#[derive(Debug, Clone, Serialize)]
+pub struct KubeConfig {
+    /// istiod-lite's namespace.
+    pub namespace: String,
+    /// This replica's identity in leader election.
+    pub pod_name: String,
+    /// ztunnel's ServiceAccount (in `namespace`).
+    pub ztunnel_service_account: String,
+    /// Waypoint image; `None` disables the waypoint controller.
+    pub waypoint_image: Option<String>,
+    /// XDS_ADDRESS of waypoints.
+    pub waypoint_xds_address: String,
 }
 
 fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -171,6 +220,14 @@ impl Config {
             monitoring_addr: loopback(15014),
             push_debounce: Duration::from_millis(DEFAULT_PUSH_DEBOUNCE_MS),
             config_poll_interval: CONFIG_POLL_INTERVAL,
+            config_source: ConfigSource::File,
+            kube: KubeConfig {
+                namespace: "istio-system".into(),
+                pod_name: "istiod-lite".into(),
+                ztunnel_service_account: "ztunnel".into(),
+                waypoint_image: None,
+                waypoint_xds_address: "https://istiod.istio-system.svc:15012".into(),
+            },
         }
     }
 }
@@ -296,6 +353,33 @@ pub fn parse(args: &[String], env: &dyn Env) -> Result<Command, ConfigError> {
             .map_err(|_| invalid(PUSH_DEBOUNCE_MS, &v, "expected milliseconds"))?;
         cfg.push_debounce = Duration::from_millis(ms);
     }
+    match non_empty(CONFIG_SOURCE).as_deref() {
+        None | Some("file") => {}
+        Some("kubernetes") => cfg.config_source = ConfigSource::Kubernetes,
+        Some(v) => return Err(invalid(CONFIG_SOURCE, v, "expected file or kubernetes")),
+    }
+    let k8s_name = |name: &str, v: String| -> Result<String, ConfigError> {
+        if v.contains(['/', ':']) || v.contains(char::is_whitespace) {
+            return Err(invalid(
+                name,
+                &v,
+                "a Kubernetes name has no '/', ':' or spaces",
+            ));
+        }
+        Ok(v)
+    };
+    if let Some(v) = non_empty(POD_NAMESPACE) {
+        cfg.kube.namespace = k8s_name(POD_NAMESPACE, v)?;
+    }
+    if let Some(v) = non_empty(POD_NAME).or_else(|| env.get("HOSTNAME").filter(|h| !h.is_empty())) {
+        cfg.kube.pod_name = v;
+    }
+    if let Some(v) = non_empty(ZTUNNEL_SERVICE_ACCOUNT) {
+        cfg.kube.ztunnel_service_account = k8s_name(ZTUNNEL_SERVICE_ACCOUNT, v)?;
+    }
+    cfg.kube.waypoint_image = non_empty(WAYPOINT_IMAGE);
+    cfg.kube.waypoint_xds_address = non_empty(WAYPOINT_XDS_ADDRESS)
+        .unwrap_or_else(|| format!("https://istiod.{}.svc:15012", cfg.kube.namespace));
     Ok(Command::Serve(Box::new(cfg)))
 }
 
@@ -307,6 +391,12 @@ const FLAGS: &[(&str, &str)] = &[
     ("--trust-domain", TRUST_DOMAIN),
     ("--cluster-id", CLUSTER_ID),
     ("--root-namespace", ROOT_NAMESPACE),
+    ("--config-source", CONFIG_SOURCE),
+    ("--pod-namespace", POD_NAMESPACE),
+    ("--pod-name", POD_NAME),
+    ("--ztunnel-service-account", ZTUNNEL_SERVICE_ACCOUNT),
+    ("--waypoint-image", WAYPOINT_IMAGE),
+    ("--waypoint-xds-address", WAYPOINT_XDS_ADDRESS),
     ("--max-workload-cert-ttl", MAX_WORKLOAD_CERT_TTL),
     ("--xds-plaintext-addr", XDS_PLAINTEXT_ADDR),
     ("--xds-tls-addr", XDS_TLS_ADDR),
@@ -507,6 +597,30 @@ mod tests {
             &env(&[])
         )
         .is_err());
+    }
+
+    #[test]
+    fn kubernetes_settings() {
+        let c = serve(&[], &[]);
+        assert_eq!(c.config_source, ConfigSource::File);
+        let c = serve(
+            &["--config-source", "kubernetes"],
+            &[
+                ("POD_NAMESPACE", "mesh"),
+                ("HOSTNAME", "istiod-lite-abc"),
+                ("WAYPOINT_IMAGE", "r/w:1"),
+            ],
+        );
+        assert_eq!(c.config_source, ConfigSource::Kubernetes);
+        assert_eq!(c.kube.namespace, "mesh");
+        assert_eq!(c.kube.pod_name, "istiod-lite-abc");
+        assert_eq!(c.kube.ztunnel_service_account, "ztunnel");
+        assert_eq!(c.kube.waypoint_image.as_deref(), Some("r/w:1"));
+        assert_eq!(c.kube.waypoint_xds_address, "https://istiod.mesh.svc:15012");
+        let err = parse(&args(&[]), &env(&[("CONFIG_SOURCE", "etcd")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("CONFIG_SOURCE"), "{err}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod app;
 pub mod auth;
 pub mod ca;
 pub mod config;
+pub mod controller;
 pub mod grpc;
 pub mod model;
 pub mod monitoring;

@@ -99,9 +99,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     certs.track(&[cfg.identity()].into_iter().collect());
 
     let (routes_tx, routes_rx) = watch::channel(Arc::new(Table::default()));
+    let routes_handler = crate::xds::RoutesHandler::new(routes_tx);
+    let security_rx = routes_handler.security();
+    crate::trace::init(&cfg.tracing);
     let xds = mesh_xds::XdsClient::new(
         crate::xds::client_config(&cfg),
-        crate::xds::RoutesHandler::new(routes_tx),
+        routes_handler,
         readiness.clone(),
     );
     let shared = Arc::new(Shared {
@@ -141,7 +144,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         ));
     }
     tokio::spawn(xds.run());
-    let proxy = Arc::new(Proxy::new(cfg.clone(), certs, routes_rx));
+    let proxy = Arc::new(Proxy::new(cfg.clone(), certs, routes_rx).with_security(security_rx));
     tokio::spawn(proxy::serve(proxy, hbone, shutdown.clone()));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

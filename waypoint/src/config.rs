@@ -99,6 +99,8 @@ pub struct Config {
     pub readiness_addr: Option<SocketAddr>,
     /// Admin listener (15000, localhost).
     pub admin_addr: Option<SocketAddr>,
+    /// Tracing (traceparent, OTLP export): see [`crate::trace`].
+    pub tracing: crate::trace::TraceConfig,
 }
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -147,6 +149,12 @@ impl Config {
         };
         let namespace = required(env::POD_NAMESPACE)?;
         let gateway = required(env::GATEWAY_NAME)?;
+        let tracing = crate::trace::TraceConfig::from_source(src, &format!("{gateway}.{namespace}"))
+            .map_err(|reason| ConfigError::Invalid {
+                var: crate::trace::env::OTLP_ENDPOINT,
+                value: String::new(),
+                reason,
+            })?;
         Ok(Config {
             ca_address: get(env::CA_ADDRESS).unwrap_or_else(|| xds_address.clone()),
             xds_address,
@@ -167,6 +175,7 @@ impl Config {
             stats_addr: addr(env::STATS_ADDR, Some("[::]:15020"))?,
             readiness_addr: addr(env::READINESS_ADDR, Some("[::]:15021"))?,
             admin_addr: addr(env::ADMIN_ADDR, Some("127.0.0.1:15000"))?,
+            tracing,
         })
     }
 }

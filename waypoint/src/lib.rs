@@ -10,6 +10,8 @@
 //! - [`routes`]: the compiled route table: matching, precedence, filters, weights, retry budget
 //! - [`proxy`]: the HBONE listener, the HTTP server per stream, upstream requests, TCP relay
 //! - [`metrics`]: Istio's request metrics (reporter `waypoint`) and the JSON access log
+//! - [`security`]: the L7 security hook: [`authz`] (AuthorizationPolicy), [`jwt`]
+//!   (RequestAuthentication), [`trace`] (traceparent, OTLP spans)
 //! - [`admin`]: stats (15020) and readiness (15021) endpoints
 //! - [`app`]: wiring and graceful shutdown
 #![forbid(unsafe_code)]
@@ -17,8 +19,12 @@
 
 pub mod admin;
 pub mod app;
+pub mod authz;
 pub mod config;
+pub mod jwt;
 pub mod metrics;
 pub mod proxy;
 pub mod routes;
+pub mod security;
+pub mod trace;
 pub mod xds;

@@ -62,6 +62,7 @@ pub fn install(
         RETRIES_TOTAL,
         "Retries, by outcome (sent, budget_exhausted)"
     );
+    crate::security::describe_metrics();
     metrics::gauge!("istio_build", "component" => "waypoint", "tag" => env!("CARGO_PKG_VERSION"))
         .set(1.0);
     Ok(handle)
@@ -160,6 +161,15 @@ pub struct RequestRecord {
     /// Duration.
     #[serde(skip)]
     pub duration: Duration,
+    /// AUDIT AuthorizationPolicies that matched (access log).
+    pub audit: Vec<String>,
+    /// The policy that denied the request (403), when one did.
+    pub authz_policy: Option<String>,
+    /// JWT `iss/sub`, when a token was validated.
+    pub request_principal: Option<String>,
+    /// The waypoint's trace span.
+    #[serde(skip)]
+    pub span: Option<crate::trace::RequestSpan>,
 }
 
 fn or_unknown(s: &str) -> String {
@@ -242,6 +252,9 @@ impl RequestRecord {
             .record(self.duration.as_secs_f64() * 1000.0);
         metrics::histogram!(REQUEST_BYTES, labels.clone()).record(self.request_bytes as f64);
         metrics::histogram!(RESPONSE_BYTES, labels).record(self.response_bytes as f64);
+        if let Some(s) = &self.span {
+            s.finish(self);
+        }
         self.access_log();
     }
 
@@ -249,7 +262,7 @@ impl RequestRecord {
         let now = time::OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
-        let line = serde_json::json!({
+        let mut line = serde_json::json!({
             "time": now,
             "type": "access",
             "method": self.method,
@@ -270,6 +283,19 @@ impl RequestRecord {
             "dst_workload": self.destination_workload,
             "dst_principal": self.destination_principal,
         });
+        // L7 security and tracing fields, only when they say something.
+        if !self.audit.is_empty() {
+            line["audit_policies"] = serde_json::json!(self.audit);
+        }
+        if let Some(p) = &self.authz_policy {
+            line["rbac_denied_by"] = serde_json::json!(p);
+        }
+        if let Some(p) = &self.request_principal {
+            line["request_principal"] = serde_json::json!(p);
+        }
+        if let Some(s) = &self.span {
+            line["trace_id"] = serde_json::json!(s.trace_id_hex());
+        }
         // One write per line so concurrent requests never interleave within a line.
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{line}");

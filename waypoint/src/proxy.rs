@@ -2,6 +2,7 @@
 //! routed, each request sent over its own HBONE stream to the chosen backend pod; non-HTTP
 //! ports and upgraded connections (WebSocket) are relayed as bytes.
 
+mod mirror;
 mod upstream;
 
 use std::convert::Infallible;
@@ -13,7 +14,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -28,7 +29,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::config::Config;
 use crate::metrics::{RequestRecord, Source, REJECTED_STREAMS, RETRIES_TOTAL};
-use crate::routes::{self, Endpoint, Port, RequestView, RetryBudget, Rule, Service, Table};
+use crate::routes::{self, Port, RequestView, RetryBudget, Rule, Service, Table};
 
 pub use upstream::UpstreamError;
 
@@ -56,6 +57,8 @@ pub struct Proxy {
     pub routes: watch::Receiver<Arc<Table>>,
     pool: mesh_hbone::client::Pool,
     budget: Arc<RetryBudget>,
+    /// L7 security by Service (AuthorizationPolicy, RequestAuthentication).
+    security: watch::Receiver<Arc<crate::security::SecurityTable>>,
 }
 
 impl Proxy {
@@ -75,7 +78,17 @@ impl Proxy {
                 Arc::new(mesh_hbone::client::TcpDialer),
             ),
             budget: Arc::new(RetryBudget::new(RETRY_BUDGET_PERCENT, RETRY_BUDGET_FLOOR)),
+            security: watch::channel(Arc::default()).1,
         }
+    }
+
+    /// Enforces the L7 security published on `security`.
+    pub fn with_security(
+        mut self,
+        security: watch::Receiver<Arc<crate::security::SecurityTable>>,
+    ) -> Self {
+        self.security = security;
+        self
     }
 }
 
@@ -151,6 +164,8 @@ struct StreamCtx {
     port: Arc<Port>,
     source: Source,
     peer: SocketAddr,
+    /// The mTLS peer (AuthorizationPolicy principals and namespaces).
+    src: Identity,
 }
 
 async fn handle_stream(proxy: Arc<Proxy>, peer: SocketAddr, src: Identity, req: InboundRequest) {
@@ -182,6 +197,7 @@ async fn handle_stream(proxy: Arc<Proxy>, peer: SocketAddr, src: Identity, req: 
     };
     let ctx = Arc::new(StreamCtx {
         source: Source::new(&src, baggage.as_deref()),
+        src,
         proxy,
         service,
         port,
@@ -431,6 +447,17 @@ fn redirect_location(
 async fn handle_request(ctx: Arc<StreamCtx>, mut req: Request<Incoming>) -> Response<RespBody> {
     let start = Instant::now();
     let request_bytes = Arc::new(AtomicU64::new(0));
+    // L7 security before anything reads the request: trace context, path normalization,
+    // JWT (401), AuthorizationPolicy (403). See security.rs.
+    let verdict = {
+        let sec = ctx.proxy.security.borrow().get(&ctx.service.hostname);
+        let peer = crate::security::Peer {
+            identity: &ctx.src,
+            ip: ctx.peer.ip(),
+            port: ctx.port.port,
+        };
+        crate::security::on_request(sec, peer, &mut req).await
+    };
     let grpc = req
         .headers()
         .get(http::header::CONTENT_TYPE)
@@ -461,6 +488,9 @@ async fn handle_request(ctx: Arc<StreamCtx>, mut req: Request<Incoming>) -> Resp
         response_flags: "-",
         ..Default::default()
     };
+    if let Some(refused) = verdict.apply(&mut rec) {
+        return respond(refused, rec, "-", start, request_bytes);
+    }
     let span = tracing::debug_span!("request", method = %req.method(), %path, peer = %ctx.peer);
     let _enter = span.enter();
 
@@ -503,6 +533,28 @@ async fn handle_request(ctx: Arc<StreamCtx>, mut req: Request<Incoming>) -> Resp
         return respond(r, rec, "-", start, request_bytes);
     }
 
+    // VirtualService fault injection: the delay first, then the abort (Envoy's order).
+    let mut delayed = false;
+    if let Some(f) = &rule.fault {
+        if let Some(d) = f.delay_with(rand::random()) {
+            tokio::time::sleep(d).await;
+            delayed = true;
+        }
+        if let Some(status) = f.abort_with(rand::random()) {
+            let flags = if delayed { "DI,FI" } else { "FI" };
+            return respond(
+                local(
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                    "fault filter abort",
+                ),
+                rec,
+                flags,
+                start,
+                request_bytes,
+            );
+        }
+    }
+
     let upgrade =
         req.version() == Version::HTTP_11 && req.headers().contains_key(http::header::UPGRADE);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -532,7 +584,10 @@ async fn handle_request(ctx: Arc<StreamCtx>, mut req: Request<Incoming>) -> Resp
         .size_hint()
         .upper()
         .is_some_and(|u| u <= MAX_RETRY_BODY);
-    let (buffered, mut streaming) = if retry.is_some() && small && !upgrade {
+    let (buffered, mut streaming) = if (retry.is_some() || !rule.mirrors.is_empty())
+        && small
+        && !upgrade
+    {
         match body.collect().await {
             Ok(c) => {
                 let b = c.to_bytes();
@@ -557,6 +612,13 @@ async fn handle_request(ctx: Arc<StreamCtx>, mut req: Request<Incoming>) -> Resp
         };
         (None, Some(counting.boxed()))
     };
+    if !rule.mirrors.is_empty() {
+        match &buffered {
+            Some(b) => mirror::spawn(&ctx.proxy, &rule.mirrors, &parts, &new_host, &pq, b),
+            // Mirroring a streamed body would hold the client to the mirror's pace.
+            None => debug!("request body too large or unsized to mirror; not mirrored"),
+        }
+    }
     let max_attempts = 1 + retry.as_ref().map_or(0, |r| r.attempts);
     let deadline = rule.timeout.map(|t| start + t);
     let _in_flight = ctx.proxy.budget.request();
@@ -583,7 +645,12 @@ async fn handle_request(ctx: Arc<StreamCtx>, mut req: Request<Incoming>) -> Resp
             Ok(r) => retry
                 .as_ref()
                 .is_some_and(|p| p.retries_status(r.status().as_u16())),
-            Err(e) => e.retryable(),
+            Err(e) => {
+                e.retryable()
+                    && retry
+                        .as_ref()
+                        .is_none_or(|p| p.retries_failure(e.failure_kind()))
+            }
         };
         let more = attempt < max_attempts
             && buffered.is_some()
@@ -638,6 +705,11 @@ async fn handle_request(ctx: Arc<StreamCtx>, mut req: Request<Incoming>) -> Resp
     } else {
         strip_hop_by_hop(resp.headers_mut(), false);
     }
+    let flags = if delayed {
+        routes::fault::with_delay_flag(flags)
+    } else {
+        flags
+    };
     respond(resp, rec, flags, start, request_bytes)
 }
 
@@ -655,9 +727,28 @@ async fn attempt_once(
     rec: &mut RequestRecord,
 ) -> Result<Response<Incoming>, UpstreamError> {
     let backend = rule.pick_backend().ok_or(UpstreamError::NoBackend)?;
-    let ep: Arc<Endpoint> = backend
-        .pick()
+    // The backend's connection pool first (DestinationRule connectionPool): overflow is UO,
+    // waiting in its queue is bounded by the request deadline.
+    let admit = backend
+        .cluster
+        .state
+        .pool
+        .admit(backend.cluster.policy.pool);
+    let _admitted = match deadline {
+        Some(d) => tokio::time::timeout_at(d.into(), admit)
+            .await
+            .map_err(|_| UpstreamError::Timeout(rule.timeout.unwrap_or_default()))??,
+        None => admit.await?,
+    };
+    let picked = backend
+        .cluster
+        .pick(Some(routes::cluster::HashInput {
+            headers: &parts.headers,
+            query: parts.uri.query(),
+            peer: ctx.peer.ip(),
+        }))
         .ok_or_else(|| UpstreamError::NoEndpoint(backend.hostname.clone()))?;
+    let ep = picked.endpoint.clone();
     rec.destination_service = backend.hostname.clone();
     rec.destination_service_name = backend.name.clone();
     rec.destination_service_namespace = backend.namespace.clone();
@@ -670,26 +761,7 @@ async fn attempt_once(
     rec.upstream = ep.addr.to_string();
 
     let h2 = parts.version == Version::HTTP_2;
-    let mut req = Request::new(body);
-    *req.method_mut() = parts.method.clone();
-    *req.headers_mut() = parts.headers.clone();
-    if h2 {
-        *req.version_mut() = Version::HTTP_2;
-        *req.uri_mut() = Uri::builder()
-            .scheme("http")
-            .authority(host)
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|e| UpstreamError::BadRequest(e.to_string()))?;
-        req.headers_mut().remove(http::header::HOST);
-    } else {
-        *req.uri_mut() = path_and_query
-            .parse()
-            .map_err(|e: http::uri::InvalidUri| UpstreamError::BadRequest(e.to_string()))?;
-        if let Ok(v) = HeaderValue::from_str(host) {
-            req.headers_mut().insert(http::header::HOST, v);
-        }
-    }
+    let req = upstream::build_request(parts, host, path_and_query, body)?;
     let per_try = rule.backend_timeout;
     let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
     let bound = match (per_try, remaining) {
@@ -699,12 +771,18 @@ async fn attempt_once(
         (None, None) => None,
     };
     let fut = upstream::send(&ctx.proxy, &ep, h2, req);
-    match bound {
+    let result = match bound {
         None => fut.await,
         Some((t, overall)) => match tokio::time::timeout(t, fut).await {
             Ok(r) => r,
             Err(_) if overall => Err(UpstreamError::Timeout(t)),
             Err(_) => Err(UpstreamError::TryTimeout(t)),
         },
-    }
+    };
+    // Outlier detection learns from every attempt's outcome.
+    picked.finish(match &result {
+        Ok(r) => routes::outlier::Outcome::Status(r.status().as_u16()),
+        Err(_) => routes::outlier::Outcome::LocalFailure,
+    });
+    result
 }

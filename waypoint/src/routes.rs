@@ -6,14 +6,22 @@
 //!   then a method match; then more header matches; then more query matches; ties go to the
 //!   oldest route, then `namespace/name` alphabetically, then rule and match order.
 //! * Filters (request/response header modifiers, redirect, URL rewrite), weighted backends,
-//!   round-robin endpoints, and the retry budget.
+//!   endpoints chosen by the backend's DestinationRule policy ([`cluster`]: load balancer,
+//!   connection pool, outlier detection), fault injection ([`fault`]), mirrors, and the retry
+//!   budget.
+//! * VirtualService rules (a port's `ordered` flag) keep their order: the first match wins.
 
+pub mod cluster;
+pub mod fault;
+pub mod lb;
+pub mod outlier;
+pub mod pool;
 #[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -89,7 +97,7 @@ pub struct Endpoint {
     pub cluster: String,
 }
 
-/// A weighted backend Service with its endpoints.
+/// A weighted backend Service (or DestinationRule subset of one) with its endpoints.
 #[derive(Debug)]
 pub struct Backend {
     /// Service name.
@@ -98,22 +106,31 @@ pub struct Backend {
     pub namespace: String,
     /// Service hostname.
     pub hostname: String,
+    /// DestinationRule subset ("" = the whole Service).
+    pub subset: String,
     /// Relative weight.
     pub weight: u32,
     /// Endpoints.
     pub endpoints: Vec<Arc<Endpoint>>,
-    next: AtomicUsize,
+    /// Policy and live state (load balancer, pool, outlier detection).
+    pub cluster: cluster::Cluster,
 }
 
 impl Backend {
-    /// The next endpoint, round robin; `None` when the backend has none.
+    /// An endpoint by the backend's load balancer, without request data (TCP relay);
+    /// `None` when the backend has none that is not ejected.
     pub fn pick(&self) -> Option<Arc<Endpoint>> {
-        if self.endpoints.is_empty() {
-            return None;
-        }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
-        Some(self.endpoints[i].clone())
+        self.cluster.pick(None).map(|p| p.endpoint.clone())
     }
+}
+
+/// A mirror target: a copy of the request goes there, its answer is discarded.
+#[derive(Debug)]
+pub struct Mirror {
+    /// Where.
+    pub backend: Arc<Backend>,
+    /// Share of requests mirrored (0-100).
+    pub percent: f64,
 }
 
 /// Header changes of a modifier filter.
@@ -146,6 +163,9 @@ pub enum PathChange {
     Full(String),
     /// Replace the matched PathPrefix.
     Prefix(String),
+    /// Replace the matched string prefix literally (VirtualService rewrite after
+    /// `uri.prefix`).
+    Literal(String),
 }
 
 /// RequestRedirect.
@@ -159,7 +179,7 @@ pub struct Redirect {
     pub path: Option<PathChange>,
     /// New port.
     pub port: Option<u16>,
-    /// 301 or 302.
+    /// 301, 302, 303, 307 or 308.
     pub status: u16,
 }
 
@@ -172,22 +192,73 @@ pub struct Rewrite {
     pub path: Option<PathChange>,
 }
 
+/// VirtualService `retryOn` conditions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetryOn {
+    /// `5xx`.
+    pub server_error: bool,
+    /// `gateway-error`.
+    pub gateway_error: bool,
+    /// `connect-failure`, `refused-stream`.
+    pub connect_failure: bool,
+    /// `retriable-4xx` (409).
+    pub retriable_4xx: bool,
+    /// `reset`.
+    pub reset: bool,
+}
+
+/// Kinds of attempt failures the retry conditions distinguish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// No connection (or the stream was refused).
+    Connect,
+    /// The connection or stream broke.
+    Reset,
+    /// The per-try timeout passed.
+    Timeout,
+}
+
 /// Retry policy of a rule.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
     /// Retries after the first attempt.
     pub attempts: u32,
-    /// Status codes retried (503 always is).
+    /// Status codes retried (with HTTPRoute semantics 503 always is).
     pub codes: Vec<u16>,
     /// Pause between attempts.
     pub backoff: Duration,
+    /// VirtualService `retryOn`; `None` = HTTPRoute semantics.
+    pub on: Option<RetryOn>,
 }
 
 impl RetryPolicy {
-    /// True when a response with `status` should be retried: the listed codes, plus 503 as
-    /// Istio's retry-on `unavailable`.
+    /// True when a response with `status` should be retried. HTTPRoute: the listed codes,
+    /// plus 503 as Istio's retry-on `unavailable`. VirtualService: the listed codes and the
+    /// `retryOn` classes.
     pub fn retries_status(&self, status: u16) -> bool {
-        status == 503 || self.codes.contains(&status)
+        if self.codes.contains(&status) {
+            return true;
+        }
+        match &self.on {
+            None => status == 503,
+            Some(on) => {
+                (on.server_error && status >= 500)
+                    || (on.gateway_error && matches!(status, 502..=504))
+                    || (on.retriable_4xx && status == 409)
+            }
+        }
+    }
+
+    /// True when an attempt that failed without a response should be retried.
+    pub fn retries_failure(&self, kind: FailureKind) -> bool {
+        match &self.on {
+            None => true,
+            Some(on) => match kind {
+                FailureKind::Connect => on.connect_failure || on.server_error || on.gateway_error,
+                FailureKind::Reset => on.reset || on.server_error,
+                FailureKind::Timeout => on.server_error || on.gateway_error,
+            },
+        }
     }
 }
 
@@ -216,6 +287,10 @@ pub struct Rule {
     pub backend_timeout: Option<Duration>,
     /// Retries.
     pub retry: Option<RetryPolicy>,
+    /// Fault injection.
+    pub fault: Option<fault::Fault>,
+    /// Mirrors.
+    pub mirrors: Vec<Mirror>,
 }
 
 impl Rule {
@@ -251,6 +326,8 @@ enum PathMatcher {
     /// Normalised prefix (no trailing slash unless it is "/").
     Prefix(String),
     Regex(Regex),
+    /// Plain string prefix (VirtualService).
+    StringPrefix(String),
 }
 
 #[derive(Debug, Clone)]
@@ -327,6 +404,7 @@ impl Entry {
             PathMatcher::Exact(p) => r.path == p,
             PathMatcher::Prefix(p) => prefix_matches(p, r.path),
             PathMatcher::Regex(re) => re.is_match(r.path),
+            PathMatcher::StringPrefix(p) => r.path.starts_with(p.as_str()),
         };
         path_ok
             && self.method.as_ref().is_none_or(|m| m == r.method)
@@ -373,7 +451,7 @@ impl Port {
             .map(|e| Selected {
                 rule: e.rule.clone(),
                 matched_prefix: match &e.path {
-                    PathMatcher::Prefix(p) => Some(p.clone()),
+                    PathMatcher::Prefix(p) | PathMatcher::StringPrefix(p) => Some(p.clone()),
                     _ => None,
                 },
             })
@@ -450,6 +528,7 @@ fn path_change(p: &pb::PathModifier) -> PathChange {
     match p.kind() {
         pb::path_modifier::Kind::Prefix => PathChange::Prefix(p.value.clone()),
         pb::path_modifier::Kind::Full => PathChange::Full(p.value.clone()),
+        pb::path_modifier::Kind::LiteralPrefix => PathChange::Literal(p.value.clone()),
     }
 }
 
@@ -471,14 +550,89 @@ fn backend(b: &pb::Backend) -> Result<Backend, RouteError> {
             }))
         })
         .collect::<Result<Vec<_>, RouteError>>()?;
+    let policy = policy(&b.hostname, b.policy.as_ref())?;
+    let cluster = cluster::Cluster::new(
+        format!("{}|{}|{}", b.hostname, b.subset, b.port),
+        policy,
+        endpoints.clone(),
+    );
     Ok(Backend {
         name: b.name.clone(),
         namespace: b.namespace.clone(),
         hostname: b.hostname.clone(),
+        subset: b.subset.clone(),
         weight: b.weight,
         endpoints,
-        next: AtomicUsize::new(0),
+        cluster,
     })
+}
+
+/// Istio's default ring size (`minimumRingSize`).
+const DEFAULT_RING_SIZE: u64 = 1024;
+/// Largest ring we build, whatever the config says (memory per backend).
+const MAX_RING_SIZE: u64 = 1 << 16;
+
+fn policy(host: &str, p: Option<&pb::TrafficPolicy>) -> Result<cluster::Policy, RouteError> {
+    let Some(p) = p else {
+        return Ok(cluster::Policy::default());
+    };
+    let lb = match &p.load_balancer {
+        None => lb::LbPolicy::RoundRobin,
+        Some(l) => match l.consistent_hash.as_ref() {
+            Some(h) => {
+                use pb::consistent_hash::Key;
+                let key = match &h.key {
+                    Some(Key::HttpHeaderName(n)) => lb::HashKey::Header(
+                        HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes()).map_err(
+                            |_| RouteError::Header {
+                                route: host.into(),
+                                name: n.clone(),
+                            },
+                        )?,
+                    ),
+                    Some(Key::HttpCookie(n)) => lb::HashKey::Cookie(n.clone()),
+                    Some(Key::UseSourceIp(_)) => lb::HashKey::SourceIp,
+                    Some(Key::HttpQueryParameterName(n)) => lb::HashKey::QueryParam(n.clone()),
+                    None => lb::HashKey::SourceIp,
+                };
+                let size = if h.minimum_ring_size == 0 {
+                    DEFAULT_RING_SIZE
+                } else {
+                    h.minimum_ring_size.min(MAX_RING_SIZE)
+                };
+                lb::LbPolicy::RingHash {
+                    key,
+                    ring_size: usize::try_from(size).unwrap_or(1024),
+                }
+            }
+            None => match l.simple() {
+                pb::load_balancer::Simple::RoundRobin => lb::LbPolicy::RoundRobin,
+                pb::load_balancer::Simple::LeastRequest => lb::LbPolicy::LeastRequest,
+                pb::load_balancer::Simple::Random => lb::LbPolicy::Random,
+            },
+        },
+    };
+    let pool = p
+        .connection_pool
+        .as_ref()
+        .map(|c| pool::PoolLimits {
+            max_connections: c.max_connections,
+            max_pending: c.http1_max_pending_requests,
+            max_requests: c.http2_max_requests,
+        })
+        .unwrap_or_default();
+    let outlier = p
+        .outlier_detection
+        .as_ref()
+        .filter(|o| o.consecutive_5xx_errors > 0 || o.consecutive_gateway_errors > 0)
+        .map(|o| outlier::OutlierConfig {
+            consecutive_5xx: o.consecutive_5xx_errors,
+            consecutive_gateway: o.consecutive_gateway_errors,
+            interval: Duration::from_millis(o.interval_ms),
+            base_ejection: Duration::from_millis(o.base_ejection_time_ms),
+            max_ejection_percent: o.max_ejection_percent,
+        });
+    Ok(cluster::Policy { lb, pool, outlier })
 }
 
 fn ms(v: u64) -> Option<Duration> {
@@ -487,6 +641,20 @@ fn ms(v: u64) -> Option<Duration> {
 
 fn rule(r: &pb::RouteRule) -> Result<Rule, RouteError> {
     let route = r.route.as_str();
+    let retry_on = |p: &pb::RetryPolicy| {
+        p.retry_on.as_ref().map(|o| RetryOn {
+            server_error: o.server_error,
+            gateway_error: o.gateway_error,
+            connect_failure: o.connect_failure,
+            retriable_4xx: o.retriable_4xx,
+            reset: o.reset,
+        })
+    };
+    // perTryTimeout (VirtualService) and backendRequest (HTTPRoute) are the same knob.
+    let per_try = r
+        .retry
+        .as_ref()
+        .map_or(0, |p| p.per_try_timeout_ms);
     let mut out = Rule {
         route: route.to_string(),
         request_headers: None,
@@ -500,7 +668,7 @@ fn rule(r: &pb::RouteRule) -> Result<Rule, RouteError> {
             .collect::<Result<_, _>>()?,
         total_weight: 0,
         timeout: ms(r.request_timeout_ms),
-        backend_timeout: ms(r.backend_request_timeout_ms),
+        backend_timeout: ms(r.backend_request_timeout_ms).or(ms(per_try)),
         retry: r
             .retry
             .as_ref()
@@ -513,7 +681,21 @@ fn rule(r: &pb::RouteRule) -> Result<Rule, RouteError> {
                     .filter_map(|c| u16::try_from(*c).ok())
                     .collect(),
                 backoff: ms(p.backoff_ms).unwrap_or(DEFAULT_BACKOFF),
+                on: retry_on(p),
             }),
+        fault: r.fault.as_ref().map(|f| fault::Fault {
+            delay: f
+                .delay
+                .as_ref()
+                .map(|d| (Duration::from_millis(d.fixed_delay_ms), d.percent)),
+            abort: f.abort.as_ref().and_then(|a| {
+                u16::try_from(a.http_status)
+                    .ok()
+                    .filter(|s| (200..=599).contains(s))
+                    .map(|s| (s, a.percent))
+            }),
+        }),
+        mirrors: Vec::new(),
     };
     out.total_weight = out.backends.iter().map(|b| u64::from(b.weight)).sum();
     for f in &r.filters {
@@ -532,7 +714,7 @@ fn rule(r: &pb::RouteRule) -> Result<Rule, RouteError> {
                     path: rd.path.as_ref().map(path_change),
                     port: u16::try_from(rd.port).ok().filter(|p| *p != 0),
                     status: match rd.status_code {
-                        301 => 301,
+                        c @ (301 | 303 | 307 | 308) => u16::try_from(c).unwrap_or(302),
                         _ => 302,
                     },
                 })
@@ -542,6 +724,14 @@ fn rule(r: &pb::RouteRule) -> Result<Rule, RouteError> {
                     hostname: (!rw.hostname.is_empty()).then(|| rw.hostname.clone()),
                     path: rw.path.as_ref().map(path_change),
                 })
+            }
+            Some(pb::filter::Kind::RequestMirror(m)) => {
+                if let Some(b) = &m.backend {
+                    out.mirrors.push(Mirror {
+                        backend: Arc::new(backend(b)?),
+                        percent: m.percent,
+                    });
+                }
             }
             None => {}
         }
@@ -562,9 +752,9 @@ type Key = (
     usize,
 );
 
-fn entries(rules: &[pb::RouteRule]) -> Result<Vec<Entry>, RouteError> {
+fn entries(rules: &[pb::RouteRule], ordered: bool) -> Result<Vec<Entry>, RouteError> {
     let mut keyed: Vec<(Key, Entry)> = Vec::new();
-    for r in rules {
+    for (position, r) in rules.iter().enumerate() {
         let compiled = Arc::new(rule(r)?);
         let default_match = [pb::RouteMatch::default()];
         let matches: &[pb::RouteMatch] = if r.matches.is_empty() {
@@ -592,6 +782,11 @@ fn entries(rules: &[pb::RouteRule]) -> Result<Vec<Entry>, RouteError> {
                         2,
                         p.value.len(),
                         PathMatcher::Regex(regex(&r.route, &p.value)?),
+                    ),
+                    pb::path_match::Kind::StringPrefix => (
+                        1,
+                        p.value.len(),
+                        PathMatcher::StringPrefix(p.value.clone()),
                     ),
                 },
             };
@@ -624,7 +819,21 @@ fn entries(rules: &[pb::RouteRule]) -> Result<Vec<Entry>, RouteError> {
                 .iter()
                 .map(|q| Ok((q.name.clone(), value_matcher(&r.route, q)?)))
                 .collect::<Result<Vec<_>, RouteError>>()?;
-            let key: Key = (
+            let key: Key = if ordered {
+                // VirtualService: http[] order, then match order; nothing else counts.
+                (
+                    0,
+                    std::cmp::Reverse(0),
+                    false,
+                    std::cmp::Reverse(0),
+                    std::cmp::Reverse(0),
+                    String::new(),
+                    String::new(),
+                    u32::try_from(position).unwrap_or(u32::MAX),
+                    mi,
+                )
+            } else {
+                (
                 rank,
                 std::cmp::Reverse(len),
                 method.is_none(),
@@ -634,7 +843,8 @@ fn entries(rules: &[pb::RouteRule]) -> Result<Vec<Entry>, RouteError> {
                 r.route.clone(),
                 r.rule_index,
                 mi,
-            );
+            )
+            };
             keyed.push((
                 key,
                 Entry {
@@ -676,7 +886,7 @@ pub fn compile(s: &pb::ServiceRoutes) -> Result<Service, RouteError> {
             Arc::new(Port {
                 port,
                 protocol,
-                entries: entries(&p.rules)?,
+                entries: entries(&p.rules, p.ordered)?,
                 has_routes: !p.rules.is_empty(),
                 default_rule,
             }),
@@ -836,5 +1046,10 @@ pub fn changed_path(path: &str, change: &PathChange, matched_prefix: Option<&str
     match change {
         PathChange::Full(p) => p.clone(),
         PathChange::Prefix(p) => replace_prefix(path, matched_prefix.unwrap_or("/"), p),
+        // After an exact or regex match there is no prefix: the whole path is replaced.
+        PathChange::Literal(p) => match matched_prefix.and_then(|m| path.strip_prefix(m)) {
+            Some(rest) => format!("{p}{rest}"),
+            None => p.clone(),
+        },
     }
 }

@@ -20,6 +20,10 @@ use crate::routes::{compile, Service, Table};
 pub struct RoutesHandler {
     services: HashMap<String, Arc<Service>>,
     tx: watch::Sender<Arc<Table>>,
+    /// L7 security per resource: (hostname, compiled), published on `security_tx`.
+    security: HashMap<String, (String, Arc<crate::security::ServiceSecurity>)>,
+    security_tx: watch::Sender<Arc<crate::security::SecurityTable>>,
+    jwks: crate::jwt::JwksRegistry,
 }
 
 impl RoutesHandler {
@@ -28,7 +32,15 @@ impl RoutesHandler {
         RoutesHandler {
             services: HashMap::new(),
             tx,
+            security: HashMap::new(),
+            security_tx: watch::channel(Arc::default()).0,
+            jwks: Default::default(),
         }
+    }
+
+    /// The compiled L7 security, updated with every response.
+    pub fn security(&self) -> watch::Receiver<Arc<crate::security::SecurityTable>> {
+        self.security_tx.subscribe()
     }
 }
 
@@ -42,11 +54,19 @@ impl mesh_xds::Handler for RoutesHandler {
         let r = ServiceRoutes::decode(any.value.as_slice())
             .map_err(|e| format!("{name}: undecodable ServiceRoutes: {e}"))?;
         let svc = compile(&r).map_err(|e| format!("{name}: {e}"))?;
+        let sec = crate::security::compile(&r, &self.jwks).map_err(|e| format!("{name}: {e}"))?;
+        match sec {
+            Some(s) => self
+                .security
+                .insert(name.to_string(), (r.hostname.clone(), Arc::new(s))),
+            None => self.security.remove(name),
+        };
         self.services.insert(name.to_string(), Arc::new(svc));
         Ok(())
     }
 
     fn remove(&mut self, _type_url: &'static str, name: &str) -> bool {
+        self.security.remove(name);
         self.services.remove(name).is_some()
     }
 
@@ -54,6 +74,9 @@ impl mesh_xds::Handler for RoutesHandler {
         // Rebuilding the indexes per response (not per resource) keeps a big push cheap.
         self.tx
             .send_replace(Arc::new(Table::new(self.services.clone())));
+        let by_host = self.security.values().cloned().collect();
+        self.security_tx
+            .send_replace(Arc::new(crate::security::SecurityTable::new(by_host)));
     }
 }
 
@@ -105,6 +128,7 @@ mod tests {
                 port: 80,
                 ..Default::default()
             }],
+            ..Default::default()
         };
         let any = mesh_proto::to_any(SERVICE_ROUTES_TYPE_URL, &good);
         h.upsert(SERVICE_ROUTES_TYPE_URL, "n/s", &any).unwrap();

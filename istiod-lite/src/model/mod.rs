@@ -3,6 +3,7 @@
 
 pub mod authorization;
 pub mod gateway_status;
+pub mod l7_authz;
 pub mod peer_authentication;
 pub mod routes;
 pub mod service;
@@ -201,7 +202,10 @@ pub fn build(
 ) -> Snapshot {
     let mut addresses = ResourceMap::new();
     let policies = authorization::Policies::build(cfg, &params.root_namespace);
-    let policy_warnings = report_policy_warnings(policies.warnings.clone(), prev);
+    let l7 = l7_authz::L7Security::build(cfg, &params.root_namespace);
+    let mut warnings = policies.warnings.clone();
+    warnings.extend(l7.warnings.iter().cloned());
+    let policy_warnings = report_policy_warnings(warnings, prev);
     let workloads = workload::translate(cfg, params, &policies);
     let services = service::translate(cfg);
     metrics::gauge!(WORKLOADS).set(workloads.len() as f64);
@@ -236,7 +240,9 @@ pub fn build(
     let mut waypoints = BTreeMap::new();
     for (key, routes) in routes::translate(cfg, params) {
         let mut resources = ResourceMap::new();
-        for (name, r) in routes {
+        for (name, mut r) in routes {
+            // L7 security rides in each Service's routes (l7_authz).
+            r.security = l7.for_service(cfg, &key, &ObjectKey::new(r.namespace.clone(), r.name.clone()));
             insert(
                 &mut resources,
                 Resource::new(SERVICE_ROUTES_TYPE_URL, name, &r),

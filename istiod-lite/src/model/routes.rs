@@ -10,6 +10,18 @@
 //! Gateway, which applies to every Service of that waypoint. Consumer routes (a route in
 //! another namespace than the Service) and cross-namespace backendRefs (which need a
 //! ReferenceGrant) are not supported yet and are left out with a warning.
+//!
+//! networking.istio.io VirtualServices ([`virtual_service`]) feed the same model: a port with
+//! no Gateway API route takes the rules of the VirtualService bound to the Service's host
+//! (pushed with `ordered`, first match wins). When both exist for a port, the HTTPRoute or
+//! GRPCRoute wins and the VirtualService is ignored for that port, with a warning.
+//! DestinationRules ([`destination_rule`]) give every backend its subset's endpoints and its
+//! merged traffic policy, whichever API routed to it.
+
+mod destination_rule;
+#[cfg(test)]
+mod networking_tests;
+mod virtual_service;
 
 use std::collections::BTreeMap;
 
@@ -124,6 +136,18 @@ fn service_routes(
             tracing::debug!(route = %key, service = %svc.metadata.name, "consumer route (other namespace) not supported yet; ignored");
         }
         // Istio's protocol selection; an attached route makes an undeclared port HTTP.
+        let mut ordered = false;
+        match virtual_service::rules_for(cfg, params, svc, sp.port) {
+            Some((vs, _)) if http || grpc => {
+                tracing::warn!(virtual_service = %vs, service = %svc.metadata.name, port = sp.port, "an HTTPRoute/GRPCRoute is attached to this port; it takes precedence and the VirtualService is ignored here");
+            }
+            Some((_, vs_rules)) => {
+                rules = vs_rules;
+                ordered = true;
+                http = true;
+            }
+            None => {}
+        }
         let protocol = match app_protocol(sp) {
             AppProtocol::Http11 => Protocol::Http1,
             AppProtocol::Http2 => Protocol::Http2,
@@ -135,7 +159,8 @@ fn service_routes(
         let mut p = ServicePort {
             port: u32::from(sp.port),
             rules,
-            default_backend: Some(backend(cfg, params, ns, &svc.metadata.name, sp.port, 1)),
+            default_backend: Some(backend(cfg, params, ns, &svc.metadata.name, sp.port, 1, None)),
+            ordered,
             ..Default::default()
         };
         p.set_protocol(protocol);
@@ -147,10 +172,13 @@ fn service_routes(
         hostname: hostname(&svc.metadata.name, ns),
         addresses: svc.spec.ip.map(ip_bytes).into_iter().collect(),
         ports,
+        ..Default::default()
     }
 }
 
-/// Backend `name.ns:port` with the endpoints of the pods the Service selects.
+/// Backend `name.ns:port` with the endpoints of the pods the Service selects (narrowed to
+/// the DestinationRule subset's labels when `subset` is given) and the DestinationRule's
+/// traffic policy for that port and subset.
 fn backend(
     cfg: &ConfigSnapshot,
     params: &ModelParams,
@@ -158,14 +186,29 @@ fn backend(
     name: &str,
     port: u16,
     weight: u32,
+    subset: Option<&str>,
 ) -> Backend {
+    let host = hostname(name, ns);
+    let dr = destination_rule::find(cfg, &host, ns);
     let mut b = Backend {
         name: name.to_string(),
         namespace: ns.to_string(),
-        hostname: hostname(name, ns),
+        hostname: host.clone(),
         port: u32::from(port),
         weight,
         endpoints: Vec::new(),
+        subset: subset.unwrap_or_default().to_string(),
+        policy: dr.and_then(|(_, d)| destination_rule::policy(d, port, subset)),
+    };
+    let subset_labels = match subset {
+        None => None,
+        Some(name) => match dr.and_then(|(_, d)| destination_rule::subset_labels(d, name)) {
+            Some(l) => Some(l),
+            None => {
+                tracing::warn!(host = %host, subset = name, "no DestinationRule defines this subset; the backend has no endpoints (503 UH)");
+                return b;
+            }
+        },
     };
     let Some(svc) = cfg.services.get(&ObjectKey::new(ns, name)) else {
         tracing::debug!(service = %format!("{ns}/{name}"), "backendRef names no Service; it has no endpoints");
@@ -183,6 +226,7 @@ fn backend(
     for pod in cfg.pods.range(range).map(|(_, p)| p) {
         if !sel
             .iter()
+            .chain(subset_labels.into_iter().flatten())
             .all(|(k, v)| pod.metadata.labels.get(k) == Some(v))
             || pod.is_terminated()
             || !pod.is_ready()
@@ -225,7 +269,7 @@ fn backends(
                 tracing::warn!(%route, backend = %format!("{ns}/{}", r.name), "cross-namespace backendRef needs a ReferenceGrant, which is not supported yet; backend left out");
                 return None;
             }
-            Some(backend(cfg, params, ns, &r.name, r.port.unwrap_or(0), r.weight.unwrap_or(1)))
+            Some(backend(cfg, params, ns, &r.name, r.port.unwrap_or(0), r.weight.unwrap_or(1), None))
         })
         .collect()
 }
@@ -266,7 +310,12 @@ fn header_modifier(m: &gw::HeaderModifier) -> HeaderModifier {
     }
 }
 
-fn filters(fs: &[gw::RouteFilter]) -> Vec<route::Filter> {
+fn filters(
+    cfg: &ConfigSnapshot,
+    params: &ModelParams,
+    route_key: &ObjectKey,
+    fs: &[gw::RouteFilter],
+) -> Vec<route::Filter> {
     fs.iter()
         .filter_map(|f| {
             let kind = match f.type_.as_str() {
@@ -291,6 +340,15 @@ fn filters(fs: &[gw::RouteFilter]) -> Vec<route::Filter> {
                     filter::Kind::UrlRewrite(route::Rewrite {
                         hostname: r.hostname.clone().unwrap_or_default(),
                         path: r.path.as_ref().map(path_modifier),
+                    })
+                }
+                "RequestMirror" => {
+                    let m = f.request_mirror.as_ref()?;
+                    let b = backends(cfg, params, route_key, std::slice::from_ref(&m.backend_ref))
+                        .pop()?;
+                    filter::Kind::RequestMirror(route::Mirror {
+                        backend: Some(Backend { weight: 1, ..b }),
+                        percent: m.percent(),
                     })
                 }
                 // Validation refused every other type.
@@ -343,7 +401,7 @@ fn http_rule(
         rule_index: u32::try_from(index).unwrap_or(u32::MAX),
         creation_timestamp: created.unwrap_or_default().to_string(),
         matches,
-        filters: filters(&rule.filters),
+        filters: filters(cfg, params, key, &rule.filters),
         backends: backends(cfg, params, key, &rule.backend_refs),
         request_timeout_ms: millis(timeouts.request.as_ref()),
         backend_request_timeout_ms: millis(timeouts.backend_request.as_ref()),
@@ -351,7 +409,9 @@ fn http_rule(
             attempts: r.attempts.unwrap_or(DEFAULT_RETRY_ATTEMPTS),
             codes: r.codes.iter().map(|c| u32::from(*c)).collect(),
             backoff_ms: millis(r.backoff.as_ref()),
+            ..Default::default()
         }),
+        ..Default::default()
     }
 }
 
@@ -408,7 +468,7 @@ fn grpc_rule(
                 method: String::new(),
             })
             .collect(),
-        filters: filters(&rule.filters),
+        filters: filters(cfg, params, key, &rule.filters),
         backends: backends(cfg, params, key, &rule.backend_refs),
         ..Default::default()
     }

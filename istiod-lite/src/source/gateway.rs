@@ -328,6 +328,46 @@ pub struct RouteFilter {
     /// Body of URLRewrite.
     #[serde(default)]
     pub url_rewrite: Option<UrlRewrite>,
+    /// Body of RequestMirror.
+    #[serde(default)]
+    pub request_mirror: Option<RequestMirror>,
+}
+
+/// RequestMirror: a copy of each request (or of `percent` / `fraction` of them) to a Service.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestMirror {
+    /// Where the copies go (a Service with a port).
+    pub backend_ref: ObjectRef,
+    /// Share of requests, 0-100.
+    #[serde(default)]
+    pub percent: Option<u32>,
+    /// Share of requests as a fraction.
+    #[serde(default)]
+    pub fraction: Option<Fraction>,
+}
+
+/// numerator / denominator (default 100).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Fraction {
+    /// Numerator.
+    pub numerator: u32,
+    /// Denominator (default 100).
+    #[serde(default)]
+    pub denominator: Option<u32>,
+}
+
+impl RequestMirror {
+    /// The share mirrored, 0-100 (everything when neither percent nor fraction is set).
+    pub fn percent(&self) -> f64 {
+        match (&self.percent, &self.fraction) {
+            (Some(p), _) => f64::from(*p),
+            (None, Some(f)) => {
+                f64::from(f.numerator) * 100.0 / f64::from(f.denominator.unwrap_or(100).max(1))
+            }
+            (None, None) => 100.0,
+        }
+    }
 }
 
 /// `timeouts` of a rule (Gateway API duration strings: "10s", "500ms", "1m").
@@ -587,6 +627,29 @@ fn check_filter(field: &str, f: &RouteFilter, grpc: bool) -> Result<(), FieldErr
                 None => Ok(()),
             }
         }
+        "RequestMirror" => {
+            let m = f
+                .request_mirror
+                .as_ref()
+                .ok_or_else(|| missing("requestMirror"))?;
+            let mf = format!("{field}.requestMirror");
+            if m.percent.is_some() && m.fraction.is_some() {
+                return Err(FieldError::new(mf, "percent and fraction are mutually exclusive"));
+            }
+            if m.percent.is_some_and(|p| p > 100) {
+                return Err(FieldError::new(format!("{mf}.percent"), "must be 0-100"));
+            }
+            if let Some(fr) = &m.fraction {
+                if fr.denominator == Some(0) || fr.numerator > fr.denominator.unwrap_or(100) {
+                    return Err(FieldError::new(
+                        format!("{mf}.fraction"),
+                        "numerator must not exceed a non-zero denominator",
+                    ));
+                }
+            }
+            check_backends(&format!("{mf}.backendRef"), std::slice::from_ref(&m.backend_ref))
+                .map_err(|e| FieldError::new(e.field.replace("backendRef[0]", "backendRef"), e.message))
+        }
         "URLRewrite" if !grpc => {
             let r = f
                 .url_rewrite
@@ -599,7 +662,7 @@ fn check_filter(field: &str, f: &RouteFilter, grpc: bool) -> Result<(), FieldErr
         }
         other => Err(FieldError::new(
             format!("{field}.type"),
-            format!("filter {other:?} is not supported by the waypoint yet (supported: RequestHeaderModifier, ResponseHeaderModifier{})",
+            format!("filter {other:?} is not supported by the waypoint yet (supported: RequestHeaderModifier, ResponseHeaderModifier, RequestMirror{})",
                 if grpc { "" } else { ", RequestRedirect, URLRewrite" }),
         )),
     }
@@ -796,8 +859,16 @@ spec:
                 "spec.rules[0].matches[0].path.value",
             ),
             (
-                "  - filters: [{type: RequestMirror}]\n",
+                "  - filters: [{type: CORS}]\n",
                 "spec.rules[0].filters[0].type",
+            ),
+            (
+                "  - filters: [{type: RequestMirror}]\n",
+                "spec.rules[0].filters[0].requestMirror",
+            ),
+            (
+                "  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: m}}}]\n",
+                "spec.rules[0].filters[0].requestMirror.backendRef.port",
             ),
             (
                 "  - backendRefs: [{name: s}]\n",

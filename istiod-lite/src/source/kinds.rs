@@ -12,7 +12,11 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::gateway::{Gateway, GrpcRoute, HttpRoute, GATEWAY_GROUP, GATEWAY_VERSIONS};
-use super::security::{AuthorizationPolicy, PeerAuthentication, SECURITY_GROUP, SECURITY_VERSIONS};
+use super::networking::{DestinationRule, VirtualService, NETWORKING_GROUP, NETWORKING_VERSIONS};
+use super::security::{
+    AuthorizationPolicy, PeerAuthentication, RequestAuthentication, SECURITY_GROUP,
+    SECURITY_VERSIONS,
+};
 
 /// A field-level problem in one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -389,12 +393,18 @@ pub enum Object {
     AuthorizationPolicy(Arc<AuthorizationPolicy>),
     /// A security.istio.io PeerAuthentication.
     PeerAuthentication(Arc<PeerAuthentication>),
+    /// A security.istio.io RequestAuthentication (JWT, enforced by waypoints).
+    RequestAuthentication(Arc<RequestAuthentication>),
     /// A gateway.networking.k8s.io Gateway.
     Gateway(Arc<Gateway>),
     /// A gateway.networking.k8s.io HTTPRoute.
     HttpRoute(Arc<HttpRoute>),
     /// A gateway.networking.k8s.io GRPCRoute.
     GrpcRoute(Arc<GrpcRoute>),
+    /// A networking.istio.io VirtualService.
+    VirtualService(Arc<VirtualService>),
+    /// A networking.istio.io DestinationRule.
+    DestinationRule(Arc<DestinationRule>),
 }
 
 impl From<Namespace> for Object {
@@ -427,6 +437,11 @@ impl From<PeerAuthentication> for Object {
         Object::PeerAuthentication(Arc::new(v))
     }
 }
+impl From<RequestAuthentication> for Object {
+    fn from(v: RequestAuthentication) -> Self {
+        Object::RequestAuthentication(Arc::new(v))
+    }
+}
 
 impl From<Gateway> for Object {
     fn from(v: Gateway) -> Self {
@@ -443,6 +458,16 @@ impl From<GrpcRoute> for Object {
         Object::GrpcRoute(Arc::new(v))
     }
 }
+impl From<VirtualService> for Object {
+    fn from(v: VirtualService) -> Self {
+        Object::VirtualService(Arc::new(v))
+    }
+}
+impl From<DestinationRule> for Object {
+    fn from(v: DestinationRule) -> Self {
+        Object::DestinationRule(Arc::new(v))
+    }
+}
 
 impl Object {
     /// The `kind:` string.
@@ -454,9 +479,12 @@ impl Object {
             Object::ServiceAccount(_) => ServiceAccount::KIND,
             Object::AuthorizationPolicy(_) => AuthorizationPolicy::KIND,
             Object::PeerAuthentication(_) => PeerAuthentication::KIND,
+            Object::RequestAuthentication(_) => RequestAuthentication::KIND,
             Object::Gateway(_) => Gateway::KIND,
             Object::HttpRoute(_) => HttpRoute::KIND,
             Object::GrpcRoute(_) => GrpcRoute::KIND,
+            Object::VirtualService(_) => VirtualService::KIND,
+            Object::DestinationRule(_) => DestinationRule::KIND,
         }
     }
 
@@ -469,9 +497,12 @@ impl Object {
             Object::ServiceAccount(o) => &o.metadata,
             Object::AuthorizationPolicy(o) => &o.metadata,
             Object::PeerAuthentication(o) => &o.metadata,
+            Object::RequestAuthentication(o) => &o.metadata,
             Object::Gateway(o) => &o.metadata,
             Object::HttpRoute(o) => &o.metadata,
             Object::GrpcRoute(o) => &o.metadata,
+            Object::VirtualService(o) => &o.metadata,
+            Object::DestinationRule(o) => &o.metadata,
         }
     }
 }
@@ -483,7 +514,7 @@ pub fn decode_kind(kind: &str, value: serde_yaml_ng::Value) -> Result<Option<Obj
         Pod::KIND => decode::<Pod>(value).map(Some),
         Service::KIND => decode::<Service>(value).map(Some),
         ServiceAccount::KIND => decode::<ServiceAccount>(value).map(Some),
-        AuthorizationPolicy::KIND | PeerAuthentication::KIND => {
+        AuthorizationPolicy::KIND | PeerAuthentication::KIND | RequestAuthentication::KIND => {
             // Other meshes have kinds of the same name (Linkerd's AuthorizationPolicy): only
             // Istio's group is ours; another group is ignored like any unknown kind.
             match value
@@ -502,10 +533,10 @@ pub fn decode_kind(kind: &str, value: serde_yaml_ng::Value) -> Result<Option<Obj
                     _ => return Ok(None),
                 },
             }
-            if kind == AuthorizationPolicy::KIND {
-                decode::<AuthorizationPolicy>(value).map(Some)
-            } else {
-                decode::<PeerAuthentication>(value).map(Some)
+            match kind {
+                AuthorizationPolicy::KIND => decode::<AuthorizationPolicy>(value).map(Some),
+                RequestAuthentication::KIND => decode::<RequestAuthentication>(value).map(Some),
+                _ => decode::<PeerAuthentication>(value).map(Some),
             }
         }
         Gateway::KIND | HttpRoute::KIND | GrpcRoute::KIND => {
@@ -530,6 +561,30 @@ pub fn decode_kind(kind: &str, value: serde_yaml_ng::Value) -> Result<Option<Obj
                 Gateway::KIND => decode::<Gateway>(value).map(Some),
                 HttpRoute::KIND => decode::<HttpRoute>(value).map(Some),
                 _ => decode::<GrpcRoute>(value).map(Some),
+            }
+        }
+        VirtualService::KIND | DestinationRule::KIND => {
+            // Only Istio's networking group is ours.
+            match value
+                .get("apiVersion")
+                .and_then(serde_yaml_ng::Value::as_str)
+            {
+                None => {}
+                Some(v) => match v.split_once('/') {
+                    Some((NETWORKING_GROUP, version)) if NETWORKING_VERSIONS.contains(&version) => {}
+                    Some((NETWORKING_GROUP, _)) => {
+                        return Err(FieldError::new(
+                            "apiVersion",
+                            format!("{v} is not supported; use {NETWORKING_GROUP}/v1"),
+                        ))
+                    }
+                    _ => return Ok(None),
+                },
+            }
+            if kind == VirtualService::KIND {
+                decode::<VirtualService>(value).map(Some)
+            } else {
+                decode::<DestinationRule>(value).map(Some)
             }
         }
         _ => Ok(None),

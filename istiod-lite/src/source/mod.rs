@@ -5,6 +5,8 @@
 
 pub mod gateway;
 pub mod kinds;
+pub mod kube;
+pub mod networking;
 pub mod parse;
 pub mod security;
 mod watch;
@@ -18,7 +20,7 @@ use serde::Serialize;
 pub use self::gateway::{Gateway, GrpcRoute, HttpRoute};
 pub use self::kinds::{Namespace, Object, ObjectMeta, Pod, Service, ServiceAccount};
 pub use self::parse::{parse_file, ConfigError};
-pub use self::security::{AuthorizationPolicy, PeerAuthentication};
+pub use self::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 pub use self::watch::{ConfigWatcher, FileStore};
 
 /// Metric: invalid objects skipped, by kind.
@@ -83,6 +85,9 @@ pub struct ConfigSnapshot {
     /// PeerAuthentications.
     #[serde(serialize_with = "ser_keyed")]
     pub peer_authentications: BTreeMap<ObjectKey, Arc<PeerAuthentication>>,
+    /// RequestAuthentications (JWT rules for waypoints).
+    #[serde(serialize_with = "ser_keyed")]
+    pub request_authentications: BTreeMap<ObjectKey, Arc<RequestAuthentication>>,
     /// Gateways (waypoints are those of class `istio-waypoint`).
     #[serde(serialize_with = "ser_keyed")]
     pub gateways: BTreeMap<ObjectKey, Arc<Gateway>>,
@@ -92,6 +97,12 @@ pub struct ConfigSnapshot {
     /// GRPCRoutes.
     #[serde(serialize_with = "ser_keyed")]
     pub grpc_routes: BTreeMap<ObjectKey, Arc<GrpcRoute>>,
+    /// networking.istio.io VirtualServices.
+    #[serde(serialize_with = "ser_keyed")]
+    pub virtual_services: BTreeMap<ObjectKey, Arc<networking::VirtualService>>,
+    /// networking.istio.io DestinationRules.
+    #[serde(serialize_with = "ser_keyed")]
+    pub destination_rules: BTreeMap<ObjectKey, Arc<networking::DestinationRule>>,
     /// Objects currently skipped because they are invalid.
     pub errors: Vec<ConfigError>,
     /// Files read.
@@ -136,6 +147,10 @@ impl ConfigSnapshot {
                     .peer_authentications
                     .insert(ObjectKey::of(&o.metadata), o.clone())
                     .is_some(),
+                Object::RequestAuthentication(o) => s
+                    .request_authentications
+                    .insert(ObjectKey::of(&o.metadata), o.clone())
+                    .is_some(),
                 Object::Gateway(o) => s
                     .gateways
                     .insert(ObjectKey::of(&o.metadata), o.clone())
@@ -146,6 +161,14 @@ impl ConfigSnapshot {
                     .is_some(),
                 Object::GrpcRoute(o) => s
                     .grpc_routes
+                    .insert(ObjectKey::of(&o.metadata), o.clone())
+                    .is_some(),
+                Object::VirtualService(o) => s
+                    .virtual_services
+                    .insert(ObjectKey::of(&o.metadata), o.clone())
+                    .is_some(),
+                Object::DestinationRule(o) => s
+                    .destination_rules
                     .insert(ObjectKey::of(&o.metadata), o.clone())
                     .is_some(),
             };

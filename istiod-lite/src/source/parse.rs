@@ -16,7 +16,8 @@ use super::kinds::{decode_kind, FieldError, Object};
 pub struct ConfigError {
     /// File the object came from.
     pub file: PathBuf,
-    /// 1-based index of the document in the file (empty documents not counted).
+    /// 1-based index of the document in the file (empty documents not counted); 0 for an
+    /// object read from the Kubernetes API.
     pub document: usize,
     /// Line where the document starts.
     pub line: usize,
@@ -46,7 +47,10 @@ impl fmt::Display for ConfigError {
             (None, Some(o)) => write!(f, "object {o}")?,
             (None, None) => f.write_str("object")?,
         }
-        write!(f, " (document {}, line {})", self.document, self.line)?;
+        // Objects from the API server have no document or line (document 0).
+        if self.document > 0 {
+            write!(f, " (document {}, line {})", self.document, self.line)?;
+        }
         if !self.field.is_empty() {
             write!(f, ": field {}", self.field)?;
         }

@@ -1,5 +1,5 @@
-//! `security.istio.io` kinds: AuthorizationPolicy and PeerAuthentication (v1 and v1beta1, which
-//! share one schema).
+//! `security.istio.io` kinds: AuthorizationPolicy, PeerAuthentication and RequestAuthentication
+//! (v1 and v1beta1, which share one schema).
 //!
 //! Unlike the core kinds, whose structs hold only the fields we use, these hold the whole spec
 //! and refuse unknown fields: a misspelt `notPrincipal` silently ignored would change who may
@@ -659,6 +659,177 @@ impl Kind for PeerAuthentication {
                 format!("spec.portLevelMtls.{p}"),
                 "port must be 1-65535",
             ));
+        }
+        Ok(())
+    }
+}
+
+/// security.istio.io RequestAuthentication: which JWTs a waypoint (targetRefs, or a selector
+/// matching the waypoint's pods) validates.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct RequestAuthentication {
+    /// Metadata.
+    pub metadata: ObjectMeta,
+    /// Spec.
+    #[serde(default)]
+    pub spec: RequestAuthenticationSpec,
+}
+
+/// What a RequestAuthentication says.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequestAuthenticationSpec {
+    /// Workloads (here: waypoint pods) it applies to.
+    #[serde(default)]
+    pub selector: Option<WorkloadSelector>,
+    /// Deprecated single target.
+    #[serde(default)]
+    pub target_ref: Option<PolicyTargetReference>,
+    /// Targets (the waypoint Gateway or a Service).
+    #[serde(default, deserialize_with = "null_default")]
+    pub target_refs: Vec<PolicyTargetReference>,
+    /// JWT issuers accepted.
+    #[serde(default, deserialize_with = "null_default")]
+    pub jwt_rules: Vec<JwtRule>,
+}
+
+/// One `jwtRules` entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JwtRule {
+    /// `iss` the token must carry.
+    #[serde(default)]
+    pub issuer: String,
+    /// Accepted `aud` values (empty = any).
+    #[serde(default, deserialize_with = "null_default")]
+    pub audiences: Vec<String>,
+    /// Where the waypoint fetches the JWKS (http or https).
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    /// Inline JWKS (JSON).
+    #[serde(default)]
+    pub jwks: Option<String>,
+    /// Headers carrying the token (default `Authorization: Bearer`).
+    #[serde(default, deserialize_with = "null_default")]
+    pub from_headers: Vec<JwtHeader>,
+    /// Query parameters carrying the token.
+    #[serde(default, deserialize_with = "null_default")]
+    pub from_params: Vec<String>,
+    /// Not supported (refused).
+    #[serde(default, deserialize_with = "null_default")]
+    pub from_cookies: Vec<String>,
+    /// Not supported (refused).
+    #[serde(default)]
+    pub output_payload_to_header: Option<String>,
+    /// Not supported (refused).
+    #[serde(default, deserialize_with = "null_default")]
+    pub output_claim_to_headers: Vec<serde_yaml_ng::Value>,
+    /// Keep the token when forwarding.
+    #[serde(default)]
+    pub forward_original_token: bool,
+    /// JWKS fetch timeout (accepted; the waypoint uses its own bound).
+    #[serde(default)]
+    pub timeout: Option<String>,
+}
+
+/// A `fromHeaders` entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtHeader {
+    /// Header name.
+    pub name: String,
+    /// Prefix before the token (e.g. `Bearer `).
+    #[serde(default)]
+    pub prefix: String,
+}
+
+impl Kind for RequestAuthentication {
+    const KIND: &'static str = "RequestAuthentication";
+    const NAMESPACED: bool = true;
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+    fn validate(&mut self) -> Result<(), FieldError> {
+        object_name(&self.metadata)?;
+        let spec = &self.spec;
+        selector(&spec.selector)?;
+        let targets = spec.target_ref.iter().chain(&spec.target_refs);
+        if spec.selector.is_some() && targets.clone().next().is_some() {
+            return Err(FieldError::new(
+                "spec.targetRefs",
+                "selector and targetRef(s) are mutually exclusive",
+            ));
+        }
+        for (i, t) in targets.enumerate() {
+            if t.kind.is_empty() || t.name.is_empty() {
+                return Err(FieldError::new(
+                    format!("spec.targetRefs[{i}]"),
+                    "kind and name must not be empty",
+                ));
+            }
+        }
+        let mut issuers = std::collections::BTreeSet::new();
+        for (i, r) in spec.jwt_rules.iter().enumerate() {
+            let p = format!("spec.jwtRules[{i}]");
+            if r.issuer.trim().is_empty() {
+                return Err(FieldError::new(format!("{p}.issuer"), "must not be empty"));
+            }
+            if !issuers.insert(r.issuer.as_str()) {
+                return Err(FieldError::new(
+                    format!("{p}.issuer"),
+                    format!("issuer {:?} appears in two jwtRules", r.issuer),
+                ));
+            }
+            match (&r.jwks, &r.jwks_uri) {
+                (Some(j), _) if !j.trim().is_empty() => {
+                    let v: serde_json::Value = serde_json::from_str(j).map_err(|e| {
+                        FieldError::new(format!("{p}.jwks"), format!("not JSON: {e}"))
+                    })?;
+                    if !v.get("keys").is_some_and(serde_json::Value::is_array) {
+                        return Err(FieldError::new(
+                            format!("{p}.jwks"),
+                            "must be a JWKS: an object with a `keys` array",
+                        ));
+                    }
+                }
+                (_, Some(u)) if !u.trim().is_empty() => {
+                    if !(u.starts_with("http://") || u.starts_with("https://"))
+                        || u.parse::<http::Uri>().is_err()
+                    {
+                        return Err(FieldError::new(
+                            format!("{p}.jwksUri"),
+                            format!("{u:?} is not an http:// or https:// URL"),
+                        ));
+                    }
+                }
+                _ => {
+                    return Err(FieldError::new(
+                        format!("{p}.jwksUri"),
+                        "set jwksUri or jwks (OpenID discovery from the issuer is not supported)",
+                    ))
+                }
+            }
+            for (h, fh) in r.from_headers.iter().enumerate() {
+                if fh.name.trim().is_empty() || fh.name.parse::<http::HeaderName>().is_err() {
+                    return Err(FieldError::new(
+                        format!("{p}.fromHeaders[{h}].name"),
+                        format!("{:?} is not a header name", fh.name),
+                    ));
+                }
+            }
+            non_empty_values(&format!("{p}.fromParams"), &r.from_params)?;
+            non_empty_values(&format!("{p}.audiences"), &r.audiences)?;
+            let unsupported = [
+                ("fromCookies", !r.from_cookies.is_empty()),
+                ("outputPayloadToHeader", r.output_payload_to_header.is_some()),
+                ("outputClaimToHeaders", !r.output_claim_to_headers.is_empty()),
+            ];
+            if let Some((f, _)) = unsupported.iter().find(|(_, set)| *set) {
+                return Err(FieldError::new(
+                    format!("{p}.{f}"),
+                    "not supported by ambient-rs's waypoint; remove it",
+                ));
+            }
         }
         Ok(())
     }

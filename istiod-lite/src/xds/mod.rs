@@ -29,7 +29,7 @@ use tracing::Instrument;
 
 use self::registry::{now_rfc3339, ClientInfo, ClientRegistry, NackInfo, SentResponse};
 use self::state::{empty_type, Reply, TypeState};
-use crate::auth::{NodeTokens, Principal};
+use crate::auth::{Authenticator, Principal};
 use crate::model::{Snapshot, TypeSnapshot};
 use crate::source::ObjectKey;
 
@@ -88,7 +88,7 @@ const RESPONSE_QUEUE: usize = 4;
 /// The ADS service.
 #[derive(Clone)]
 pub struct XdsServer {
-    tokens: NodeTokens,
+    auth: Authenticator,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     registry: Arc<ClientRegistry>,
     shutdown: watch::Receiver<bool>,
@@ -97,13 +97,13 @@ pub struct XdsServer {
 impl XdsServer {
     /// Serves `snapshots`, authenticating callers with `tokens`; streams end when `shutdown` turns true.
     pub fn new(
-        tokens: NodeTokens,
+        auth: impl Into<Authenticator>,
         snapshots: watch::Receiver<Arc<Snapshot>>,
         registry: Arc<ClientRegistry>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         XdsServer {
-            tokens,
+            auth: auth.into(),
             snapshots,
             registry,
             shutdown,
@@ -129,11 +129,12 @@ impl AggregatedDiscoveryService for XdsServer {
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let peer = request.remote_addr();
         let principal = self
-            .tokens
+            .auth
             .authenticate_principal(request.metadata())
+            .await
             .map_err(|e| {
-                tracing::warn!(peer = ?peer, error = %e, "xDS stream refused: bad node token");
-                Status::unauthenticated(e.to_string())
+                tracing::warn!(peer = ?peer, error = %e, "xDS stream refused");
+                Status::new(e.code(), e.to_string())
             })?;
         let token_node = principal.to_string();
         let id = self.registry.next_id();

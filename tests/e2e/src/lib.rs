@@ -26,6 +26,7 @@ pub mod process;
 pub mod prom;
 pub mod socks5;
 pub mod topology;
+pub mod waypoint;
 
 pub use mesh::{Mesh, MeshOptions, Ztunnel, ZtunnelOverrides};
 pub use topology::{Pod, Service, Topology};

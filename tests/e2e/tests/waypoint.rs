@@ -3,23 +3,18 @@
 //! HTTP/2 requests for service VIPs; the waypoint routes them over HBONE, with its own
 //! identity, through node1's ztunnel inbound to small hyper backends on pod IPs.
 
-use std::collections::HashMap;
-use std::convert::Infallible;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::process::Command;
-use std::sync::Arc;
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use mesh_e2e::process::Process;
 use mesh_e2e::prom::Metrics;
 use mesh_e2e::topology::Pod;
-use mesh_e2e::{bins, ca, eventually, http as mhttp, mesh, Mesh, MeshOptions, Topology};
-use mesh_identity::spiffe::Identity;
+use mesh_e2e::waypoint::{self as wp, send, Answer, Mode};
+use mesh_e2e::{eventually, http as mhttp, Mesh, MeshOptions, Topology};
 
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 1, 20);
 const V1_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 1, 21);
@@ -30,7 +25,6 @@ const WAYPOINT_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 1, 30);
 const ECHO_VIP: &str = "127.0.2.21:80";
 const FLAKY_VIP: &str = "127.0.2.24:80";
 const SLOW_VIP: &str = "127.0.2.25:80";
-const APP_PORT: u16 = 8080;
 const WAYPOINT_ID: &str = "spiffe://cluster.local/ns/app/sa/waypoint";
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/client/sa/client";
 const ECHO_ID: &str = "spiffe://cluster.local/ns/app/sa/echo";
@@ -77,8 +71,7 @@ fn topology() -> Topology {
 }
 
 fn service(name: &str, vip: &str, selector: &str) -> String {
-    let ip = vip.split(':').next().unwrap_or_default();
-    format!("---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: app\n  labels: {{istio.io/use-waypoint: waypoint}}\nspec:\n  clusterIP: {ip}\n  selector: {{{selector}}}\n  ports: [{{name: http, port: 80, targetPort: {APP_PORT}}}]\n")
+    wp::service_yaml(name, vip, selector)
 }
 
 fn config() -> String {
@@ -149,217 +142,16 @@ spec:
     y
 }
 
-/// How a backend answers.
-#[derive(Clone, Copy)]
-enum Mode {
-    Echo,
-    FailHalf,
-    Sleep,
+async fn backend(ip: Ipv4Addr, name: &'static str, mode: Mode) -> anyhow::Result<wp::Backend> {
+    wp::backend(ip, name, mode).await
 }
 
-/// A hyper backend (HTTP/1.1 and h2c) answering with JSON describing the request it saw.
-async fn backend(
-    ip: Ipv4Addr,
-    name: &'static str,
-    mode: Mode,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let l = tokio::net::TcpListener::bind((ip, APP_PORT))
-        .await
-        .with_context(|| format!("backend {name} cannot listen on {ip}:{APP_PORT}"))?;
-    Ok(tokio::spawn(async move {
-        while let Ok((s, peer)) = l.accept().await {
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    move |req: Request<hyper::body::Incoming>| async move {
-                        let status = match mode {
-                            Mode::FailHalf if rand::random::<bool>() => {
-                                StatusCode::SERVICE_UNAVAILABLE
-                            }
-                            Mode::Sleep => {
-                                tokio::time::sleep(Duration::from_secs(2)).await;
-                                StatusCode::OK
-                            }
-                            _ => StatusCode::OK,
-                        };
-                        let headers: HashMap<String, String> = req
-                            .headers()
-                            .iter()
-                            .map(|(k, v)| {
-                                (k.to_string(), v.to_str().unwrap_or_default().to_string())
-                            })
-                            .collect();
-                        let host = req
-                            .uri()
-                            .authority()
-                            .map(|a| a.to_string())
-                            .or_else(|| headers.get("host").cloned())
-                            .unwrap_or_default();
-                        let body = serde_json::json!({
-                            "pod": name,
-                            "method": req.method().as_str(),
-                            "path": req.uri().path(),
-                            "version": format!("{:?}", req.version()),
-                            "host": host,
-                            "headers": headers,
-                            "peer": peer.ip().to_string(),
-                        });
-                        Ok::<_, Infallible>(
-                            Response::builder()
-                                .status(status)
-                                .body(Full::new(Bytes::from(body.to_string())))
-                                .unwrap_or_default(),
-                        )
-                    },
-                );
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
-            });
-        }
-    }))
+async fn start_waypoint(mesh: &Mesh) -> anyhow::Result<wp::Waypoint> {
+    wp::start_waypoint(mesh, WAYPOINT_IP, "app", "waypoint", &[]).await
 }
 
-/// A test client holding HBONE to the waypoint, as a ztunnel would.
-struct Client {
-    pool: mesh_hbone::client::Pool,
-    tls: Arc<rustls::ClientConfig>,
-}
-
-struct Answer {
-    status: StatusCode,
-    headers: http::HeaderMap,
-    body: serde_json::Value,
-}
-
-impl Client {
-    async fn stream(&self, vip: &str) -> anyhow::Result<mesh_hbone::H2Stream> {
-        let key = mesh_hbone::client::PoolKey::new(
-            CLIENT_ID,
-            Some(IpAddr::V4(CLIENT_IP)),
-            SocketAddr::new(WAYPOINT_IP.into(), 15008),
-            vec![WAYPOINT_ID.to_string()],
-        );
-        let req = mesh_hbone::client::ConnectRequest {
-            authority: vip.to_string(),
-            headers: http::HeaderMap::new(),
-        };
-        Ok(self.pool.connect(key, self.tls.clone(), req).await?.0)
-    }
-
-    /// An HTTP/1.1 connection (keep-alive) to `vip` through the waypoint.
-    async fn http1(
-        &self,
-        vip: &str,
-    ) -> anyhow::Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
-        let (sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(self.stream(vip).await?)).await?;
-        tokio::spawn(conn);
-        Ok(sender)
-    }
-}
-
-async fn send(
-    s: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-    method: &str,
-    uri: &str,
-    headers: &[(&str, &str)],
-) -> anyhow::Result<Answer> {
-    let mut b = Request::builder()
-        .method(method)
-        .uri(uri)
-        .header("host", "echo.app.svc.cluster.local");
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    s.ready().await?;
-    let resp = s.send_request(b.body(Full::new(Bytes::new()))?).await?;
-    let (parts, body) = resp.into_parts();
-    let bytes = body.collect().await?.to_bytes();
-    Ok(Answer {
-        status: parts.status,
-        headers: parts.headers,
-        body: serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
-    })
-}
-
-struct Waypoint {
-    stats: SocketAddr,
-    readiness: SocketAddr,
-    _proc: Process,
-}
-
-async fn start_waypoint(mesh: &Mesh) -> anyhow::Result<Waypoint> {
-    let out = Command::new(bins::bin("istiod-lite")?)
-        .args(["waypoint-token", "--state-dir"])
-        .arg(mesh.state_dir())
-        .args(["--namespace", "app", "--gateway", "waypoint"])
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "waypoint-token: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let token = mesh.dir.join("tokens").join("waypoint");
-    std::fs::write(&token, out.stdout)?;
-    let stats = mesh::free_addr(WAYPOINT_IP)?;
-    let readiness = mesh::free_addr(WAYPOINT_IP)?;
-    let admin = mesh::free_addr(WAYPOINT_IP)?;
-    let mut cmd = Command::new(bins::bin("waypoint")?);
-    cmd.env(
-        "XDS_ADDRESS",
-        format!("http://{}", mesh.istiod.xds_plaintext),
-    )
-    .env_remove("CA_ADDRESS")
-    .env("AUTH_TOKEN", &token)
-    .env("POD_NAMESPACE", "app")
-    .env("GATEWAY_NAME", "waypoint")
-    .env("POD_NAME", "waypoint-0")
-    .env("INSTANCE_IP", WAYPOINT_IP.to_string())
-    .env("LISTEN_ADDR", format!("{WAYPOINT_IP}:15008"))
-    .env("STATS_ADDR", stats.to_string())
-    .env("READINESS_ADDR", readiness.to_string())
-    .env("ADMIN_ADDR", admin.to_string())
-    .env(
-        "RUST_LOG",
-        std::env::var("MESH_E2E_LOG").unwrap_or_else(|_| "info".into()),
-    );
-    let proc = Process::spawn("waypoint", cmd, &mesh.dir.join("logs").join("waypoint.log"))?;
-    let wp = Waypoint {
-        stats,
-        readiness,
-        _proc: proc,
-    };
-    eventually(
-        "waypoint /healthz/ready == 200",
-        Duration::from_secs(60),
-        Duration::from_millis(50),
-        || async {
-            Ok(mhttp::get(wp.readiness, "/healthz/ready")
-                .await
-                .ok()
-                .filter(|r| r.status == 200)
-                .map(|_| ()))
-        },
-    )
-    .await?;
-    Ok(wp)
-}
-
-async fn client(mesh: &Mesh) -> anyhow::Result<Client> {
-    let token = mesh.node_token("node1")?;
-    let id = Identity::parse(CLIENT_ID)?;
-    let issued = ca::request_cert(mesh.istiod.xds_plaintext, Some(&token), &id)
-        .await
-        .map_err(|s| anyhow::anyhow!("client certificate: {s}"))?;
-    let cert = mesh_identity::cert::WorkloadCert::from_pem(&issued.key_pem, &issued.chain)?;
-    let tls = mesh_identity::tls::client_config(&cert, &[Identity::parse(WAYPOINT_ID)?])?;
-    Ok(Client {
-        pool: mesh_hbone::client::Pool::new(
-            mesh_hbone::Config::default(),
-            Arc::new(mesh_hbone::client::TcpDialer),
-        ),
-        tls,
-    })
+async fn client(mesh: &Mesh) -> anyhow::Result<wp::Client> {
+    wp::client(mesh, "node1", CLIENT_ID, CLIENT_IP, WAYPOINT_ID, WAYPOINT_IP).await
 }
 
 /// One routing-matrix case: method, URI, request headers, expected backend pod ("404": none).
@@ -371,7 +163,7 @@ type Case = (
 );
 
 fn pod(a: &Answer) -> &str {
-    a.body["pod"].as_str().unwrap_or("-")
+    a.pod()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

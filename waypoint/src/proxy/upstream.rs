@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use http::{HeaderMap, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_hbone::client::{ConnectRequest, PoolKey};
@@ -15,7 +15,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, Instrument};
 
 use super::{Proxy, RespBody};
-use crate::routes::Endpoint;
+use crate::routes::pool::Overflow;
+use crate::routes::{Endpoint, FailureKind};
 
 /// HBONE port of every mesh pod.
 const HBONE_PORT: u16 = 15008;
@@ -63,6 +64,9 @@ pub enum UpstreamError {
     /// The route's per-try timeout passed.
     #[error("backend request timeout ({0:?}) reached")]
     TryTimeout(Duration),
+    /// The backend's connection pool (DestinationRule connectionPool) is full.
+    #[error("{0}; raise the DestinationRule's connectionPool limits if this is expected load")]
+    Overflow(#[from] Overflow),
 }
 
 impl UpstreamError {
@@ -75,6 +79,15 @@ impl UpstreamError {
                 | UpstreamError::Http(_)
                 | UpstreamError::TryTimeout(_)
         )
+    }
+
+    /// The retry condition class of a failure.
+    pub fn failure_kind(&self) -> FailureKind {
+        match self {
+            UpstreamError::Http(_) => FailureKind::Reset,
+            UpstreamError::TryTimeout(_) | UpstreamError::Timeout(_) => FailureKind::Timeout,
+            _ => FailureKind::Connect,
+        }
     }
 
     /// Status sent to the client.
@@ -95,6 +108,7 @@ impl UpstreamError {
             UpstreamError::NoEndpoint(_) => "UH",
             UpstreamError::Timeout(_) | UpstreamError::TryTimeout(_) => "UT",
             UpstreamError::Http(_) => "UC",
+            UpstreamError::Overflow(_) => "UO",
             _ => "UF",
         }
     }
@@ -175,4 +189,36 @@ pub async fn send(
         );
         Ok(sender.send_request(req).await?)
     }
+}
+
+/// The request as sent upstream: `parts` (headers already edited) with `host` and
+/// `path_and_query`, in the client's HTTP version.
+pub fn build_request(
+    parts: &http::request::Parts,
+    host: &str,
+    path_and_query: &str,
+    body: RespBody,
+) -> Result<Request<RespBody>, UpstreamError> {
+    let h2 = parts.version == Version::HTTP_2;
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.headers_mut() = parts.headers.clone();
+    if h2 {
+        *req.version_mut() = Version::HTTP_2;
+        *req.uri_mut() = Uri::builder()
+            .scheme("http")
+            .authority(host)
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|e| UpstreamError::BadRequest(e.to_string()))?;
+        req.headers_mut().remove(http::header::HOST);
+    } else {
+        *req.uri_mut() = path_and_query
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| UpstreamError::BadRequest(e.to_string()))?;
+        if let Ok(v) = HeaderValue::from_str(host) {
+            req.headers_mut().insert(http::header::HOST, v);
+        }
+    }
+    Ok(req)
 }

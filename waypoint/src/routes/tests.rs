@@ -15,6 +15,7 @@ fn backend(name: &str, weight: u32, ip: [u8; 4]) -> PbBackend {
             hbone: true,
             ..Default::default()
         }],
+        ..Default::default()
     }
 }
 
@@ -48,7 +49,9 @@ fn port(rules: Vec<RouteRule>) -> Arc<Port> {
             protocol: pb::Protocol::Http1 as i32,
             rules,
             default_backend: Some(backend("svc", 1, [10, 0, 0, 9])),
+            ..Default::default()
         }],
+        ..Default::default()
     };
     let svc = compile(&s).expect("compile");
     svc.ports.get(&80).cloned().expect("port")
@@ -320,6 +323,7 @@ fn table_lookup_by_vip_and_hostname_and_bad_regex_is_an_error() {
             port: 80,
             ..Default::default()
         }],
+        ..Default::default()
     };
     let t = Table::new([("app/svc".to_string(), Arc::new(compile(&s).unwrap()))].into());
     assert!(t.lookup("10.1.0.1:80").is_some());
@@ -335,4 +339,173 @@ fn table_lookup_by_vip_and_hostname_and_bad_regex_is_an_error() {
         "x",
     )];
     assert!(matches!(compile(&bad), Err(RouteError::Regex { .. })));
+}
+
+fn ordered_port(rules: Vec<RouteRule>) -> Arc<Port> {
+    let s = pb::ServiceRoutes {
+        name: "svc".into(),
+        namespace: "app".into(),
+        hostname: "svc.app.svc.cluster.local".into(),
+        addresses: vec![vec![10, 1, 0, 1]],
+        ports: vec![pb::ServicePort {
+            port: 80,
+            protocol: pb::Protocol::Http1 as i32,
+            rules,
+            ordered: true,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    compile(&s).unwrap().ports.get(&80).cloned().unwrap()
+}
+
+#[test]
+fn virtual_service_rules_keep_their_order_and_prefixes_are_plain_strings() {
+    // In Gateway API precedence the Exact match would win; a VirtualService lists the prefix
+    // first, so the prefix wins.
+    let p = ordered_port(vec![
+        rule("vs", 0, vec![m(path(path_match::Kind::StringPrefix, "/foo"))], "first"),
+        rule("vs", 1, vec![m(path(path_match::Kind::Exact, "/foo/bar"))], "second"),
+        rule("vs", 2, vec![], "catch-all"),
+    ]);
+    assert_eq!(target(&p, "GET", "/foo/bar", &[]), "first");
+    // A plain string prefix: "/foo" matches "/foobar" (unlike PathPrefix).
+    assert_eq!(target(&p, "GET", "/foobar", &[]), "first");
+    assert_eq!(target(&p, "GET", "/other", &[]), "catch-all");
+}
+
+#[test]
+fn literal_prefix_rewrite() {
+    let c = PathChange::Literal("/v2".into());
+    assert_eq!(changed_path("/api/x", &c, Some("/api")), "/v2/x");
+    assert_eq!(changed_path("/apix", &c, Some("/api")), "/v2x");
+    // After an exact or regex match (no prefix) the whole path is replaced.
+    assert_eq!(changed_path("/api/x", &c, None), "/v2");
+}
+
+#[test]
+fn retry_on_conditions() {
+    let p = |on: RetryOn, codes: Vec<u16>| RetryPolicy {
+        attempts: 2,
+        codes,
+        backoff: Duration::from_millis(1),
+        on: Some(on),
+    };
+    let gw = p(
+        RetryOn {
+            gateway_error: true,
+            ..Default::default()
+        },
+        vec![],
+    );
+    assert!(gw.retries_status(502) && gw.retries_status(504));
+    assert!(!gw.retries_status(500));
+    assert!(gw.retries_failure(FailureKind::Connect));
+    assert!(!gw.retries_failure(FailureKind::Reset));
+    let five = p(
+        RetryOn {
+            server_error: true,
+            ..Default::default()
+        },
+        vec![],
+    );
+    assert!(five.retries_status(500) && five.retries_failure(FailureKind::Reset));
+    let codes = p(RetryOn::default(), vec![429]);
+    assert!(codes.retries_status(429) && !codes.retries_status(503));
+    assert!(!codes.retries_failure(FailureKind::Connect));
+    let r4 = p(
+        RetryOn {
+            retriable_4xx: true,
+            ..Default::default()
+        },
+        vec![],
+    );
+    assert!(r4.retries_status(409) && !r4.retries_status(404));
+    // HTTPRoute semantics: 503 always, every failure.
+    let legacy = RetryPolicy {
+        on: None,
+        ..codes
+    };
+    assert!(legacy.retries_status(503) && legacy.retries_failure(FailureKind::Reset));
+}
+
+#[test]
+fn traffic_policy_and_fault_and_mirror_compile() {
+    let mut r = rule("vs", 0, vec![], "svc");
+    r.backends[0].subset = "v1".into();
+    r.backends[0].policy = Some(pb::TrafficPolicy {
+        load_balancer: Some(pb::LoadBalancer {
+            consistent_hash: Some(pb::ConsistentHash {
+                key: Some(pb::consistent_hash::Key::HttpHeaderName("X-User".into())),
+                minimum_ring_size: 0,
+            }),
+            ..Default::default()
+        }),
+        connection_pool: Some(pb::ConnectionPool {
+            max_connections: 1,
+            http1_max_pending_requests: 2,
+            http2_max_requests: 3,
+            max_requests_per_connection: 0,
+        }),
+        outlier_detection: Some(pb::OutlierDetection {
+            consecutive_5xx_errors: 5,
+            consecutive_gateway_errors: 0,
+            interval_ms: 1000,
+            base_ejection_time_ms: 2000,
+            max_ejection_percent: 50,
+        }),
+    });
+    r.fault = Some(pb::FaultInjection {
+        delay: Some(pb::fault_injection::Delay {
+            fixed_delay_ms: 10,
+            percent: 100.0,
+        }),
+        abort: Some(pb::fault_injection::Abort {
+            http_status: 0,
+            percent: 50.0,
+        }),
+    });
+    r.filters.push(pb::Filter {
+        kind: Some(pb::filter::Kind::RequestMirror(pb::Mirror {
+            backend: Some(backend("shadow", 1, [10, 0, 0, 7])),
+            percent: 10.0,
+        })),
+    });
+    let p = ordered_port(vec![r]);
+    let rule = p
+        .select(&RequestView {
+            method: &Method::GET,
+            path: "/",
+            query: None,
+            headers: &HeaderMap::new(),
+        })
+        .unwrap()
+        .rule;
+    let b = &rule.backends[0];
+    assert_eq!(b.subset, "v1");
+    assert_eq!(b.cluster.name, "svc.app.svc.cluster.local|v1|80");
+    let pol = &b.cluster.policy;
+    assert_eq!(
+        pol.lb,
+        lb::LbPolicy::RingHash {
+            key: lb::HashKey::Header("x-user".parse().unwrap()),
+            ring_size: 1024
+        }
+    );
+    assert_eq!(
+        pol.pool,
+        pool::PoolLimits {
+            max_connections: 1,
+            max_pending: 2,
+            max_requests: 3
+        }
+    );
+    let od = pol.outlier.as_ref().unwrap();
+    assert_eq!(od.base_ejection, Duration::from_secs(2));
+    let f = rule.fault.as_ref().unwrap();
+    assert_eq!(f.delay, Some((Duration::from_millis(10), 100.0)));
+    // An abort status outside 200-599 is dropped rather than sent.
+    assert_eq!(f.abort, None);
+    assert_eq!(rule.mirrors.len(), 1);
+    assert_eq!(rule.mirrors[0].backend.name, "shadow");
 }
