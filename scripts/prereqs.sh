@@ -41,6 +41,8 @@ have_h2() { python3 -c 'import h2' >/dev/null 2>&1; }
 # JSON Schema for values.schema.json.
 HELM_PIP=(kubernetes-validate==1.37.0 jsonschema pyyaml)
 have_helm_py() { python3 -c 'import kubernetes_validate, jsonschema, yaml' >/dev/null 2>&1; }
+# The GRPCRoute test: real gRPC clients and servers (Python grpcio) through a waypoint.
+have_grpcio() { python3 -c 'import grpc' >/dev/null 2>&1; }
 pip_install() {
     python3 -m pip install --quiet --root-user-action=ignore "$@" 2>/dev/null ||
         python3 -m pip install --quiet --root-user-action=ignore --break-system-packages "$@"
@@ -68,14 +70,20 @@ if [ "$(id -u)" = 0 ]; then
         pip_install "${HELM_PIP[@]}"
     fi
     have_helm_py || { echo "prereqs: python packages ${HELM_PIP[*]} still missing" >&2; exit 1; }
+    if ! have_grpcio; then
+        echo "prereqs: installing grpcio (PyPI) for the GRPCRoute test"
+        pip_install grpcio
+    fi
+    have_grpcio || { echo "prereqs: python grpcio still missing" >&2; exit 1; }
     # iptables on Debian defaults to the nft backend; make sure the nat table is usable.
     command -v iptables >/dev/null 2>&1 || { echo "prereqs: iptables still missing" >&2; exit 1; }
-    echo "prereqs: ok (curl, python3 + h2, iptables, iperf3, CNI plugins, jq, go + sprig, kubernetes-validate)"
+    echo "prereqs: ok (curl, python3 + h2 + grpcio, iptables, iperf3, CNI plugins, jq, go + sprig, kubernetes-validate)"
 else
     msgs=()
     [ ${#missing_apt[@]} -gt 0 ] && msgs+=("packages: ${missing_apt[*]} (apt-get install -y ${missing_apt[*]})")
     have_h2 || msgs+=("python h2 (python3 -m pip install --user h2)")
     have_helm_py || msgs+=("python ${HELM_PIP[*]} (python3 -m pip install --user ${HELM_PIP[*]})")
+    have_grpcio || msgs+=("python grpcio (python3 -m pip install --user grpcio)")
     if [ ${#msgs[@]} -gt 0 ]; then
         echo "prereqs: not root, so not installing; missing:"
         for m in "${msgs[@]}"; do echo "  - $m"; done
