@@ -24,11 +24,11 @@ for t in ip iptables iperf3 python3 curl; do
 done
 
 # Only what the bench runs, so a crate elsewhere in the workspace that is mid-change cannot stop it.
-PKGS=(-p istiod-lite -p ztunnel -p mesh-bench -p meshctl -p ambient-cni)
+PKGS=(-p istiod-lite -p ztunnel -p mesh-bench -p meshctl -p ambient-cni -p waypoint)
 echo "==> cargo build --$PROFILE ${PKGS[*]}"
 if [ "$PROFILE" = release ]; then cargo build --release "${PKGS[@]}"; else cargo build "${PKGS[@]}"; fi
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE
-for b in istiod-lite ztunnel meshbench meshctl ambient-cni; do [ -x "$BIN/$b" ] || die "$BIN/$b missing"; done
+for b in istiod-lite ztunnel meshbench meshctl ambient-cni waypoint; do [ -x "$BIN/$b" ] || die "$BIN/$b missing"; done
 
 NS=mesh-bench-$$
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/ambient-rs-bench.XXXXXX")
@@ -167,6 +167,8 @@ wait $HOLD || true
 
 # The same figures pod -> pod through in-pod capture, next to raw pod -> pod on the same bridge.
 "$ROOT/scripts/bench-captured.sh" "$BIN" "$WORK/captured.md" "$SECS"
+# The waypoint against direct and against nginx as a reverse proxy, HTTP/1.1 and HTTP/2.
+"$ROOT/scripts/bench-waypoint.sh" "$BIN" "$WORK/waypoint.md" "$SECS"
 
 CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
 NPROC=$(nproc)
@@ -223,6 +225,20 @@ IP>:7000 --from <client pod IP>\`), run in the client pod with \`meshctl local e
 checks ztunnel counted the captured connections as \`mutual_tls\`.
 
 $(cat "$WORK/captured.md")
+
+## Waypoint (L7) against nginx as a reverse proxy
+
+\`scripts/bench-waypoint.sh\` (part of \`make bench\`, same run): a one-node \`meshctl local\`
+cluster. A backend pod runs nginx serving a 1 KiB body (\`/1k\`) on 8080 (HTTP/1.1) and 8081
+(h2c). **direct**: client pod → backend pod. **nginx**: client pod → Debian's nginx as a plain
+reverse proxy (upstream keep-alive) → backend. **waypoint**: client pod in an ambient namespace →
+captured by ztunnel → HBONE mTLS → the namespace's waypoint pod → HBONE mTLS → backend (the
+script checks the waypoint counted the requests). Load from the client pod:
+\`wrk -t 2 -c 32 -d $SECS s --latency <url>\` and \`h2load -c 32 -m 8 -t 2 -D $SECS --log-file\`
+(percentiles from the per-request log). On 2 cores, load generator, proxies and backend share
+the CPUs.
+
+$(cat "$WORK/waypoint.md")
 
 Memory after the benchmarks: the \"held\" figures include allocator caches left by the runs
 before them, so "per connection" is an upper bound.

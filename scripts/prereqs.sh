@@ -17,6 +17,10 @@ missing_apt=()
 command -v curl >/dev/null 2>&1 || missing_apt+=(curl)
 command -v iptables >/dev/null 2>&1 || missing_apt+=(iptables)
 command -v iperf3 >/dev/null 2>&1 || missing_apt+=(iperf3)
+# make bench's waypoint comparison: load generators and nginx as the reverse proxy to beat.
+command -v wrk >/dev/null 2>&1 || missing_apt+=(wrk)
+command -v h2load >/dev/null 2>&1 || missing_apt+=(nghttp2-client)
+command -v nginx >/dev/null 2>&1 || missing_apt+=(nginx-light)
 [ -x /usr/bin/prometheus ] || missing_apt+=(prometheus)  # the dashboard test scrapes the mesh with it
 command -v dig >/dev/null 2>&1 || missing_apt+=(dnsutils)  # the DNS proxy test checks answers with dig
 command -v ip >/dev/null 2>&1 || missing_apt+=(iproute2)
