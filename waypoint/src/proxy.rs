@@ -584,10 +584,8 @@ async fn handle_request(ctx: Arc<StreamCtx>, mut req: Request<Incoming>) -> Resp
         .size_hint()
         .upper()
         .is_some_and(|u| u <= MAX_RETRY_BODY);
-    let (buffered, mut streaming) = if (retry.is_some() || !rule.mirrors.is_empty())
-        && small
-        && !upgrade
-    {
+    let buffer = (retry.is_some() || !rule.mirrors.is_empty()) && small && !upgrade;
+    let (buffered, mut streaming) = if buffer {
         match body.collect().await {
             Ok(c) => {
                 let b = c.to_bytes();

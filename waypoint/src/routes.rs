@@ -651,10 +651,7 @@ fn rule(r: &pb::RouteRule) -> Result<Rule, RouteError> {
         })
     };
     // perTryTimeout (VirtualService) and backendRequest (HTTPRoute) are the same knob.
-    let per_try = r
-        .retry
-        .as_ref()
-        .map_or(0, |p| p.per_try_timeout_ms);
+    let per_try = r.retry.as_ref().map_or(0, |p| p.per_try_timeout_ms);
     let mut out = Rule {
         route: route.to_string(),
         request_headers: None,
@@ -783,11 +780,9 @@ fn entries(rules: &[pb::RouteRule], ordered: bool) -> Result<Vec<Entry>, RouteEr
                         p.value.len(),
                         PathMatcher::Regex(regex(&r.route, &p.value)?),
                     ),
-                    pb::path_match::Kind::StringPrefix => (
-                        1,
-                        p.value.len(),
-                        PathMatcher::StringPrefix(p.value.clone()),
-                    ),
+                    pb::path_match::Kind::StringPrefix => {
+                        (1, p.value.len(), PathMatcher::StringPrefix(p.value.clone()))
+                    }
                 },
             };
             let method = if m.method.is_empty() {
@@ -834,16 +829,16 @@ fn entries(rules: &[pb::RouteRule], ordered: bool) -> Result<Vec<Entry>, RouteEr
                 )
             } else {
                 (
-                rank,
-                std::cmp::Reverse(len),
-                method.is_none(),
-                std::cmp::Reverse(headers.len()),
-                std::cmp::Reverse(query.len()),
-                r.creation_timestamp.clone(),
-                r.route.clone(),
-                r.rule_index,
-                mi,
-            )
+                    rank,
+                    std::cmp::Reverse(len),
+                    method.is_none(),
+                    std::cmp::Reverse(headers.len()),
+                    std::cmp::Reverse(query.len()),
+                    r.creation_timestamp.clone(),
+                    r.route.clone(),
+                    r.rule_index,
+                    mi,
+                )
             };
             keyed.push((
                 key,

@@ -159,7 +159,15 @@ fn service_routes(
         let mut p = ServicePort {
             port: u32::from(sp.port),
             rules,
-            default_backend: Some(backend(cfg, params, ns, &svc.metadata.name, sp.port, 1, None)),
+            default_backend: Some(backend(
+                cfg,
+                params,
+                ns,
+                &svc.metadata.name,
+                sp.port,
+                1,
+                None,
+            )),
             ordered,
             ..Default::default()
         };

@@ -571,7 +571,7 @@ pub fn decode_kind(kind: &str, value: serde_yaml_ng::Value) -> Result<Option<Obj
             {
                 None => {}
                 Some(v) => match v.split_once('/') {
-                    Some((NETWORKING_GROUP, version)) if NETWORKING_VERSIONS.contains(&version) => {}
+                    Some((NETWORKING_GROUP, v)) if NETWORKING_VERSIONS.contains(&v) => {}
                     Some((NETWORKING_GROUP, _)) => {
                         return Err(FieldError::new(
                             "apiVersion",

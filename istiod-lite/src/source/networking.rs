@@ -618,7 +618,10 @@ fn check_retry_on(field: &str, v: &str) -> Result<(), FieldError> {
             _ => {
                 return Err(FieldError::new(
                     field,
-                    format!("{c:?} is not a retry condition ({}) or a 4xx/5xx status", RETRY_ON.join(", ")),
+                    format!(
+                        "{c:?} is not a retry condition ({}) or a 4xx/5xx status",
+                        RETRY_ON.join(", ")
+                    ),
                 ))
             }
         }
@@ -635,14 +638,21 @@ impl Kind for VirtualService {
     fn validate(&mut self) -> Result<(), FieldError> {
         let s = &self.spec;
         if s.hosts.is_empty() {
-            return Err(FieldError::new("spec.hosts", "at least one host is required"));
+            return Err(FieldError::new(
+                "spec.hosts",
+                "at least one host is required",
+            ));
         }
         refuse("spec.tcp", &s.tcp, "TCP routing")?;
         refuse("spec.tls", &s.tls, "TLS routing")?;
         for (ri, r) in s.http.iter().enumerate() {
             let rf = format!("spec.http[{ri}]");
             refuse(&format!("{rf}.delegate"), &r.delegate, "delegate")?;
-            refuse(&format!("{rf}.directResponse"), &r.direct_response, "directResponse")?;
+            refuse(
+                &format!("{rf}.directResponse"),
+                &r.direct_response,
+                "directResponse",
+            )?;
             refuse(&format!("{rf}.corsPolicy"), &r.cors_policy, "corsPolicy")?;
             for (mi, m) in r.matches.iter().enumerate() {
                 let mf = format!("{rf}.match[{mi}]");
@@ -665,10 +675,26 @@ impl Kind for VirtualService {
                     }
                 }
                 refuse(&format!("{mf}.authority"), &m.authority, "authority match")?;
-                refuse(&format!("{mf}.withoutHeaders"), &m.without_headers, "withoutHeaders")?;
-                refuse(&format!("{mf}.sourceLabels"), &m.source_labels, "sourceLabels")?;
-                refuse(&format!("{mf}.sourceNamespace"), &m.source_namespace, "sourceNamespace")?;
-                refuse(&format!("{mf}.ignoreUriCase"), &m.ignore_uri_case, "ignoreUriCase")?;
+                refuse(
+                    &format!("{mf}.withoutHeaders"),
+                    &m.without_headers,
+                    "withoutHeaders",
+                )?;
+                refuse(
+                    &format!("{mf}.sourceLabels"),
+                    &m.source_labels,
+                    "sourceLabels",
+                )?;
+                refuse(
+                    &format!("{mf}.sourceNamespace"),
+                    &m.source_namespace,
+                    "sourceNamespace",
+                )?;
+                refuse(
+                    &format!("{mf}.ignoreUriCase"),
+                    &m.ignore_uri_case,
+                    "ignoreUriCase",
+                )?;
                 refuse(&format!("{mf}.scheme"), &m.scheme, "scheme match")?;
                 refuse(&format!("{mf}.gateways"), &m.gateways, "per-match gateways")?;
             }
@@ -690,10 +716,17 @@ impl Kind for VirtualService {
             for (di, d) in r.route.iter().enumerate() {
                 let df = format!("{rf}.route[{di}]");
                 check_destination(&format!("{df}.destination"), &d.destination)?;
-                refuse(&format!("{df}.headers"), &d.headers, "per-destination headers")?;
+                refuse(
+                    &format!("{df}.headers"),
+                    &d.headers,
+                    "per-destination headers",
+                )?;
             }
             if let Some(rd) = &r.redirect {
-                if let Some(c) = rd.redirect_code.filter(|c| ![301, 302, 303, 307, 308].contains(c)) {
+                if let Some(c) = rd
+                    .redirect_code
+                    .filter(|c| ![301, 302, 303, 307, 308].contains(c))
+                {
                     return Err(FieldError::new(
                         format!("{rf}.redirect.redirectCode"),
                         format!("{c} is not 301, 302, 303, 307 or 308"),
@@ -707,7 +740,11 @@ impl Kind for VirtualService {
                 }
             }
             if let Some(rw) = &r.rewrite {
-                refuse(&format!("{rf}.rewrite.uriRegexRewrite"), &rw.uri_regex_rewrite, "uriRegexRewrite")?;
+                refuse(
+                    &format!("{rf}.rewrite.uriRegexRewrite"),
+                    &rw.uri_regex_rewrite,
+                    "uriRegexRewrite",
+                )?;
             }
             if let Some(t) = &r.timeout {
                 parse_duration(&format!("{rf}.timeout"), t)?;
@@ -736,7 +773,11 @@ impl Kind for VirtualService {
                     check_percent(&format!("{rf}.fault.delay.percentage"), &d.percentage)?;
                 }
                 if let Some(a) = &f.abort {
-                    refuse(&format!("{rf}.fault.abort.grpcStatus"), &a.grpc_status, "grpcStatus abort")?;
+                    refuse(
+                        &format!("{rf}.fault.abort.grpcStatus"),
+                        &a.grpc_status,
+                        "grpcStatus abort",
+                    )?;
                     match a.http_status {
                         Some(c) if (200..=599).contains(&c) => {}
                         Some(c) => {
@@ -766,7 +807,12 @@ impl Kind for VirtualService {
             if let Some(h) = &r.headers {
                 for (which, ops) in [("request", &h.request), ("response", &h.response)] {
                     let Some(ops) = ops else { continue };
-                    for name in ops.set.keys().chain(ops.add.keys()).chain(ops.remove.iter()) {
+                    for name in ops
+                        .set
+                        .keys()
+                        .chain(ops.add.keys())
+                        .chain(ops.remove.iter())
+                    {
                         if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
                             return Err(FieldError::new(
                                 format!("{rf}.headers.{which}"),
@@ -999,6 +1045,9 @@ spec:
             assert_eq!(e[0].0, field, "{body}: {e:?}");
         }
         // Another group's VirtualService is not ours.
-        assert!(errors("apiVersion: example.com/v1\nkind: VirtualService\nmetadata: {name: x}\nspec: {}\n").is_empty());
+        assert!(errors(
+            "apiVersion: example.com/v1\nkind: VirtualService\nmetadata: {name: x}\nspec: {}\n"
+        )
+        .is_empty());
     }
 }

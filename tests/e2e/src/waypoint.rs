@@ -309,7 +309,10 @@ pub async fn start_waypoint(
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
-    let log = mesh.dir.join("logs").join(format!("waypoint-{gateway}.log"));
+    let log = mesh
+        .dir
+        .join("logs")
+        .join(format!("waypoint-{gateway}.log"));
     let proc = Process::spawn("waypoint", cmd, &log)?;
     let wp = Waypoint {
         stats,

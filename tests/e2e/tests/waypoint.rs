@@ -151,7 +151,15 @@ async fn start_waypoint(mesh: &Mesh) -> anyhow::Result<wp::Waypoint> {
 }
 
 async fn client(mesh: &Mesh) -> anyhow::Result<wp::Client> {
-    wp::client(mesh, "node1", CLIENT_ID, CLIENT_IP, WAYPOINT_ID, WAYPOINT_IP).await
+    wp::client(
+        mesh,
+        "node1",
+        CLIENT_ID,
+        CLIENT_IP,
+        WAYPOINT_ID,
+        WAYPOINT_IP,
+    )
+    .await
 }
 
 /// One routing-matrix case: method, URI, request headers, expected backend pod ("404": none).

@@ -37,6 +37,7 @@ const POOL_VIP: &str = "127.0.2.24:80";
 const SHADOW_VIP: &str = "127.0.2.25:80";
 const STICKY_VIP: &str = "127.0.2.26:80";
 const LR_VIP: &str = "127.0.2.27:80";
+const MIRRORED_VIP: &str = "127.0.2.28:80";
 
 const WAYPOINT_ID: &str = "spiffe://cluster.local/ns/app/sa/waypoint";
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/client/sa/client";
@@ -87,6 +88,7 @@ fn config() -> String {
     y += &wp::service_yaml("shadow", SHADOW_VIP, "app: shadow");
     y += &wp::service_yaml("sticky", STICKY_VIP, "app: sticky");
     y += &wp::service_yaml("lr", LR_VIP, "app: lr");
+    y += &wp::service_yaml("mirrored", MIRRORED_VIP, "app: echo, version: v1");
     y += r#"---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -152,6 +154,15 @@ metadata: {name: lr, namespace: app}
 spec:
   host: lr
   trafficPolicy: {loadBalancer: {simple: LEAST_REQUEST}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: mirrored, namespace: app}
+spec:
+  parentRefs: [{group: "", kind: Service, name: mirrored, port: 80}]
+  rules:
+  - backendRefs: [{name: mirrored, port: 80}]
+    filters: [{type: RequestMirror, requestMirror: {backendRef: {name: shadow, port: 80}}}]
 "#;
     y
 }
@@ -180,7 +191,15 @@ async fn waypoint_istio_routing_and_resilience() {
         let _fast = wp::backend(FAST_IP, "lr-fast", Mode::Echo).await?;
         mesh.write_config("resilience", &config())?;
         let waypoint = wp::start_waypoint(&mesh, WAYPOINT_IP, "app", "waypoint", &[]).await?;
-        let c = wp::client(&mesh, "node1", CLIENT_ID, CLIENT_IP, WAYPOINT_ID, WAYPOINT_IP).await?;
+        let c = wp::client(
+            &mesh,
+            "node1",
+            CLIENT_ID,
+            CLIENT_IP,
+            WAYPOINT_ID,
+            WAYPOINT_IP,
+        )
+        .await?;
 
         // The VirtualService is live once /abort can answer with its fault status.
         let mut s = eventually(
@@ -249,6 +268,20 @@ async fn waypoint_istio_routing_and_resilience() {
         )
         .await?;
         anyhow::ensure!(v1.hits() >= before.0 + 5, "primary missed requests");
+        // The same machinery behind HTTPRoute's RequestMirror filter.
+        let before = shadow.hits();
+        let mut hr = c.http1(MIRRORED_VIP).await?;
+        for _ in 0..3 {
+            let a = send(&mut hr, "GET", "/", &[]).await?;
+            anyhow::ensure!(a.status == 200 && a.pod() == "v1", "mirrored: {}", a.status);
+        }
+        eventually(
+            "3 RequestMirror copies at the shadow backend",
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            || async { Ok((shadow.hits() >= before + 3).then_some(())) },
+        )
+        .await?;
 
         // Outlier detection: o1 fails; after 3 consecutive 5xx it gets no traffic; once it is
         // healthy again it is readmitted after the ejection time.
@@ -371,7 +404,9 @@ async fn waypoint_istio_routing_and_resilience() {
         for _ in 0..40 {
             let mut f = c.http1(FAILING_VIP).await?;
             tasks.push(tokio::spawn(async move {
-                send(&mut f, "GET", "/", &[]).await.map(|a| a.status.as_u16())
+                send(&mut f, "GET", "/", &[])
+                    .await
+                    .map(|a| a.status.as_u16())
             }));
         }
         for t in tasks {
@@ -381,12 +416,12 @@ async fn waypoint_istio_routing_and_resilience() {
         let hits = failing.hits() - before;
         println!("retry budget: {hits} backend hits for 40 requests");
         anyhow::ensure!(hits >= 40, "only {hits} hits");
-        anyhow::ensure!(hits <= 80, "{hits} backend hits: the retry budget did not hold");
-        let m = waypoint.metrics().await?;
-        let exhausted = m.sum(
-            "waypoint_retries_total",
-            &[("outcome", "budget_exhausted")],
+        anyhow::ensure!(
+            hits <= 80,
+            "{hits} backend hits: the retry budget did not hold"
         );
+        let m = waypoint.metrics().await?;
+        let exhausted = m.sum("waypoint_retries_total", &[("outcome", "budget_exhausted")]);
         anyhow::ensure!(exhausted >= 1.0, "no budget_exhausted retries counted");
         Ok(())
     })

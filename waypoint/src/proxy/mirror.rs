@@ -57,14 +57,13 @@ pub fn spawn(
         };
         let h2 = parts.version == http::Version::HTTP_2;
         let proxy = proxy.clone();
-        let span = tracing::debug_span!("mirror", backend = %m.backend.hostname, upstream = %ep.addr);
+        let span =
+            tracing::debug_span!("mirror", backend = %m.backend.hostname, upstream = %ep.addr);
         tokio::spawn(
             async move {
-                let sent = tokio::time::timeout(
-                    MIRROR_TIMEOUT,
-                    upstream::send(&proxy, &ep, h2, req),
-                )
-                .await;
+                let sent =
+                    tokio::time::timeout(MIRROR_TIMEOUT, upstream::send(&proxy, &ep, h2, req))
+                        .await;
                 match sent {
                     Ok(Ok(resp)) => {
                         let status = resp.status();
@@ -86,7 +85,10 @@ mod tests {
 
     #[test]
     fn shadow_host_goes_before_the_port() {
-        assert_eq!(shadow_host("echo.app.svc.cluster.local"), "echo.app.svc.cluster.local-shadow");
+        assert_eq!(
+            shadow_host("echo.app.svc.cluster.local"),
+            "echo.app.svc.cluster.local-shadow"
+        );
         assert_eq!(shadow_host("echo:80"), "echo-shadow:80");
         assert_eq!(shadow_host("10.0.0.1:8080"), "10.0.0.1-shadow:8080");
     }

@@ -16,7 +16,7 @@ use std::time::Instant;
 use http::HeaderMap;
 
 use super::lb::{self, LbPolicy, Ring};
-use super::outlier::{self, Detector, OutlierConfig, Outcome};
+use super::outlier::{self, Detector, Outcome, OutlierConfig};
 use super::pool::{Pool, PoolLimits};
 use super::Endpoint;
 
@@ -188,12 +188,7 @@ impl Cluster {
         let usable: Vec<bool> = self
             .endpoints
             .iter()
-            .map(|e| {
-                !eps.entry(e.addr)
-                    .or_default()
-                    .detector
-                    .is_ejected(now)
-            })
+            .map(|e| !eps.entry(e.addr).or_default().detector.is_ejected(now))
             .collect();
         let candidates: Vec<usize> = (0..self.endpoints.len()).filter(|i| usable[*i]).collect();
         if candidates.is_empty() {

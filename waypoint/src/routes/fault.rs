@@ -21,8 +21,7 @@ pub fn hits(percent: f64, roll: f64) -> bool {
 impl Fault {
     /// The delay to apply, given a roll in `[0, 1)`.
     pub fn delay_with(&self, roll: f64) -> Option<Duration> {
-        self.delay
-            .and_then(|(d, p)| hits(p, roll).then_some(d))
+        self.delay.and_then(|(d, p)| hits(p, roll).then_some(d))
     }
 
     /// The status to abort with, given a roll in `[0, 1)`.

@@ -194,7 +194,10 @@ mod tests {
         // Keys of the remaining endpoints stay put, up to the few whose points shifted
         // because each endpoint gets more virtual nodes on the smaller ring.
         assert!(on_removed > 600, "{on_removed}");
-        assert!(moved < 5000 / 10, "{moved} keys of surviving endpoints moved");
+        assert!(
+            moved < 5000 / 10,
+            "{moved} keys of surviving endpoints moved"
+        );
     }
 
     #[test]
@@ -254,7 +257,12 @@ mod tests {
             Some(hash64(b"xyz"))
         );
         assert_eq!(
-            request_hash(&HashKey::QueryParam("u".into()), &h, Some("a=2&u=bob"), peer),
+            request_hash(
+                &HashKey::QueryParam("u".into()),
+                &h,
+                Some("a=2&u=bob"),
+                peer
+            ),
             Some(hash64(b"bob"))
         );
         assert_eq!(

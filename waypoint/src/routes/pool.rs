@@ -148,10 +148,7 @@ mod tests {
         };
         let a = p.admit(l).await.unwrap();
         let _b = p.admit(l).await.unwrap();
-        assert_eq!(
-            p.admit(l).await.unwrap_err(),
-            Overflow("http2MaxRequests")
-        );
+        assert_eq!(p.admit(l).await.unwrap_err(), Overflow("http2MaxRequests"));
         drop(a);
         assert!(p.admit(l).await.is_ok());
     }

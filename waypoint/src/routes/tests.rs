@@ -364,8 +364,18 @@ fn virtual_service_rules_keep_their_order_and_prefixes_are_plain_strings() {
     // In Gateway API precedence the Exact match would win; a VirtualService lists the prefix
     // first, so the prefix wins.
     let p = ordered_port(vec![
-        rule("vs", 0, vec![m(path(path_match::Kind::StringPrefix, "/foo"))], "first"),
-        rule("vs", 1, vec![m(path(path_match::Kind::Exact, "/foo/bar"))], "second"),
+        rule(
+            "vs",
+            0,
+            vec![m(path(path_match::Kind::StringPrefix, "/foo"))],
+            "first",
+        ),
+        rule(
+            "vs",
+            1,
+            vec![m(path(path_match::Kind::Exact, "/foo/bar"))],
+            "second",
+        ),
         rule("vs", 2, vec![], "catch-all"),
     ]);
     assert_eq!(target(&p, "GET", "/foo/bar", &[]), "first");
@@ -422,10 +432,7 @@ fn retry_on_conditions() {
     );
     assert!(r4.retries_status(409) && !r4.retries_status(404));
     // HTTPRoute semantics: 503 always, every failure.
-    let legacy = RetryPolicy {
-        on: None,
-        ..codes
-    };
+    let legacy = RetryPolicy { on: None, ..codes };
     assert!(legacy.retries_status(503) && legacy.retries_failure(FailureKind::Reset));
 }
 

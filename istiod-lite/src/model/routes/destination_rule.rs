@@ -145,7 +145,11 @@ fn load_balancer(lb: &net::LoadBalancer) -> pb::LoadBalancer {
 }
 
 /// The policy of `dr` for `port` and `subset`; `None` when it sets nothing relevant.
-pub fn policy(dr: &net::DestinationRule, port: u16, subset: Option<&str>) -> Option<pb::TrafficPolicy> {
+pub fn policy(
+    dr: &net::DestinationRule,
+    port: u16,
+    subset: Option<&str>,
+) -> Option<pb::TrafficPolicy> {
     let mut m = Merged::default();
     if let Some(tp) = &dr.spec.traffic_policy {
         m.apply(tp, port);

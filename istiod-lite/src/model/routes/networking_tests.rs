@@ -114,7 +114,10 @@ fn virtual_service_rules_are_ordered_with_subsets_and_policies() {
     assert_eq!(r0.kind, "VirtualService");
     assert_eq!(r0.rule_index, 0);
     let m = &r0.matches[0];
-    assert_eq!(m.path.as_ref().unwrap().kind(), path_match::Kind::StringPrefix);
+    assert_eq!(
+        m.path.as_ref().unwrap().kind(),
+        path_match::Kind::StringPrefix
+    );
     assert_eq!(m.headers[0].value, "tr.*");
     assert!(m.headers[0].regex);
     // Subset v2: only the v2 pod, with the subset's hash and outlier detection merged over
@@ -125,22 +128,42 @@ fn virtual_service_rules_are_ordered_with_subsets_and_policies() {
     assert_eq!(b.endpoints.len(), 1);
     assert_eq!(b.endpoints[0].address, vec![10, 0, 0, 2]);
     let pol = b.policy.as_ref().unwrap();
-    match &pol.load_balancer.as_ref().unwrap().consistent_hash.as_ref().unwrap().key {
+    match &pol
+        .load_balancer
+        .as_ref()
+        .unwrap()
+        .consistent_hash
+        .as_ref()
+        .unwrap()
+        .key
+    {
         Some(consistent_hash::Key::HttpHeaderName(h)) => assert_eq!(h, "x-user"),
         other => panic!("{other:?}"),
     }
     let od = pol.outlier_detection.as_ref().unwrap();
     assert_eq!(
-        (od.consecutive_5xx_errors, od.base_ejection_time_ms, od.interval_ms, od.max_ejection_percent),
+        (
+            od.consecutive_5xx_errors,
+            od.base_ejection_time_ms,
+            od.interval_ms,
+            od.max_ejection_percent
+        ),
         (3, 2000, 10_000, 10)
     );
     let pool = pol.connection_pool.as_ref().unwrap();
-    assert_eq!((pool.max_connections, pool.http1_max_pending_requests), (10, 2));
+    assert_eq!(
+        (pool.max_connections, pool.http1_max_pending_requests),
+        (10, 2)
+    );
     let f = r0.fault.as_ref().unwrap();
     assert_eq!(f.abort.as_ref().unwrap().http_status, 418);
     assert_eq!(f.abort.as_ref().unwrap().percent, 25.0);
     assert_eq!(f.delay.as_ref().unwrap().fixed_delay_ms, 50);
-    assert_eq!(f.delay.as_ref().unwrap().percent, 100.0, "no percentage = every request");
+    assert_eq!(
+        f.delay.as_ref().unwrap().percent,
+        100.0,
+        "no percentage = every request"
+    );
     // No `retries`: Istio's default policy.
     let rt = r0.retry.as_ref().unwrap();
     assert_eq!((rt.attempts, rt.codes.clone()), (2, vec![503]));
@@ -149,18 +172,30 @@ fn virtual_service_rules_are_ordered_with_subsets_and_policies() {
     let r1 = &p80.rules[1];
     assert_eq!(r1.rule_index, 2);
     assert_eq!(
-        r1.backends.iter().map(|b| (b.subset.as_str(), b.weight)).collect::<Vec<_>>(),
+        r1.backends
+            .iter()
+            .map(|b| (b.subset.as_str(), b.weight))
+            .collect::<Vec<_>>(),
         vec![("v1", 90), ("v2", 10)]
     );
     let v1 = &r1.backends[0];
     assert_eq!(v1.endpoints[0].address, vec![10, 0, 0, 1]);
     assert_eq!(
-        v1.policy.as_ref().unwrap().load_balancer.as_ref().unwrap().simple(),
+        v1.policy
+            .as_ref()
+            .unwrap()
+            .load_balancer
+            .as_ref()
+            .unwrap()
+            .simple(),
         load_balancer::Simple::LeastRequest
     );
     assert_eq!(r1.request_timeout_ms, 2000);
     let rt = r1.retry.as_ref().unwrap();
-    assert_eq!((rt.attempts, rt.per_try_timeout_ms, rt.codes.clone()), (4, 300, vec![409]));
+    assert_eq!(
+        (rt.attempts, rt.per_try_timeout_ms, rt.codes.clone()),
+        (4, 300, vec![409])
+    );
     let on = rt.retry_on.as_ref().unwrap();
     assert!(on.gateway_error && on.reset && !on.server_error && !on.connect_failure);
     let kinds: Vec<&str> = r1
@@ -171,13 +206,19 @@ fn virtual_service_rules_are_ordered_with_subsets_and_policies() {
             filter::Kind::ResponseHeaderModifier(_) => "resp",
             filter::Kind::UrlRewrite(rw) => {
                 assert_eq!(rw.hostname, "new.example");
-                assert_eq!(rw.path.as_ref().unwrap().kind(), path_modifier::Kind::LiteralPrefix);
+                assert_eq!(
+                    rw.path.as_ref().unwrap().kind(),
+                    path_modifier::Kind::LiteralPrefix
+                );
                 "rewrite"
             }
             filter::Kind::RequestMirror(m) => {
                 let b = m.backend.as_ref().unwrap();
                 // No port given: the target's only port.
-                assert_eq!((b.hostname.as_str(), b.port), ("shadow.app.svc.cluster.local", 9000));
+                assert_eq!(
+                    (b.hostname.as_str(), b.port),
+                    ("shadow.app.svc.cluster.local", 9000)
+                );
                 assert_eq!(m.percent, 30.0);
                 "mirror"
             }
@@ -193,7 +234,16 @@ fn virtual_service_rules_are_ordered_with_subsets_and_policies() {
     assert_eq!(p81.rules[1].rule_index, 1);
     assert_eq!(p81.rules[1].backends[0].subset, "v1");
     assert_eq!(
-        p81.default_backend.as_ref().unwrap().policy.as_ref().unwrap().load_balancer.as_ref().unwrap().simple(),
+        p81.default_backend
+            .as_ref()
+            .unwrap()
+            .policy
+            .as_ref()
+            .unwrap()
+            .load_balancer
+            .as_ref()
+            .unwrap()
+            .simple(),
         load_balancer::Simple::Random
     );
 }

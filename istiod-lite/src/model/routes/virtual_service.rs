@@ -7,8 +7,8 @@
 //! the oldest wins (Istio's rule for mesh traffic), with a warning.
 
 use mesh_proto::route::{
-    self as pb, filter, path_match, path_modifier, PathMatch, PathModifier, RouteMatch,
-    RouteRule, ValueMatch,
+    self as pb, filter, path_match, path_modifier, PathMatch, PathModifier, RouteMatch, RouteRule,
+    ValueMatch,
 };
 
 use super::destination_rule::{resolve_host, service_of};
@@ -34,8 +34,7 @@ pub fn rules_for(
         .iter()
         .filter(|(k, v)| {
             v.for_mesh()
-                && v
-                    .spec
+                && v.spec
                     .hosts
                     .iter()
                     .any(|h| resolve_host(h, &k.namespace) == host)
@@ -137,7 +136,15 @@ fn destination(
         (None, Some(t)) if t.spec.ports.len() == 1 => t.spec.ports[0].port,
         _ => port,
     };
-    Some(backend(cfg, params, ns, name, p, weight, d.subset.as_deref()))
+    Some(backend(
+        cfg,
+        params,
+        ns,
+        name,
+        p,
+        weight,
+        d.subset.as_deref(),
+    ))
 }
 
 fn header_ops(h: &net::HeaderOperations) -> pb::HeaderModifier {
