@@ -85,9 +85,9 @@ pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Answer, C
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
     use std::io::{BufRead, BufReader};
     use std::os::unix::net::UnixListener;
+    use std::path::PathBuf;
 
     fn req() -> Request {
         Request {

@@ -198,7 +198,10 @@ impl Service {
             .iter()
             .map(|p| {
                 let n = |k: &str| p[k].as_u64().unwrap_or_default();
-                let proto = p["appProtocol"].as_str().filter(|s| !s.is_empty()).unwrap_or("tcp");
+                let proto = p["appProtocol"]
+                    .as_str()
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or("tcp");
                 (n("servicePort"), n("targetPort"), proto.to_string())
             })
             .collect()

@@ -110,7 +110,9 @@ fn connect(addr: &str, timeout: Duration) -> Result<TcpStream, HttpError> {
     }
     let e = last.unwrap_or_else(|| std::io::Error::other("no address"));
     Err(match e.kind() {
-        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => HttpError::Timeout(timeout),
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => {
+            HttpError::Timeout(timeout)
+        }
         _ => HttpError::Connect(e),
     })
 }
@@ -144,7 +146,9 @@ pub fn stream_lines(
         }
         let n = stream.read(&mut chunk).map_err(to)?;
         if n == 0 {
-            return Err(HttpError::Malformed("the connection closed without an answer".into()));
+            return Err(HttpError::Malformed(
+                "the connection closed without an answer".into(),
+            ));
         }
         buf.extend_from_slice(&chunk[..n]);
     };
@@ -167,7 +171,9 @@ pub fn stream_lines(
         if chunked {
             // Move every complete chunk from `raw` to `body`.
             loop {
-                let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") else { break };
+                let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") else {
+                    break;
+                };
                 let size_text = String::from_utf8_lossy(&raw[..eol]).into_owned();
                 let size_text = size_text.split(';').next().unwrap_or("").trim().to_string();
                 let size = usize::from_str_radix(&size_text, 16)

@@ -83,7 +83,8 @@ pub struct AdminState {
 pub fn admin(
     state: Arc<AdminState>,
 ) -> impl Fn(Request<Incoming>) -> Response<Body> + Clone + Send + Sync + 'static {
-    move |req| match (req.method(), req.uri().path()) {
+    move |req| {
+        match (req.method(), req.uri().path()) {
         (&Method::GET, "/config_dump") => json(state.app.config_dump()),
         (&Method::GET, "/debug/tap") => match crate::tap::Filter::from_query(req.uri().query()) {
             Ok(f) => {
@@ -108,6 +109,7 @@ pub fn admin(
             "ztunnel admin: /config_dump, /debug/tap?namespace=&workload=&limit=&duration=, POST /quitquitquit\n",
         ),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
     }
 }
 

@@ -56,7 +56,10 @@ pub struct Waypoint {
     pub hbone_port: u16,
 }
 
-fn convert_waypoint(name: &str, g: Option<pb::GatewayAddress>) -> Result<Option<Waypoint>, StateError> {
+fn convert_waypoint(
+    name: &str,
+    g: Option<pb::GatewayAddress>,
+) -> Result<Option<Waypoint>, StateError> {
     let Some(g) = g else { return Ok(None) };
     let invalid = |reason: String| StateError::Invalid {
         name: name.to_string(),

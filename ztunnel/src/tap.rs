@@ -140,11 +140,23 @@ impl Filter {
             match k {
                 "namespace" if !v.is_empty() => f.namespace = Some(v.to_string()),
                 "workload" if !v.is_empty() => f.workload = Some(v.to_string()),
-                "limit" => f.limit = Some(v.parse().map_err(|_| format!("limit={v:?} is not a number"))?),
-                "duration" => {
-                    f.duration = Some(mesh_config::parse_duration(v).map_err(|e| format!("duration={v:?}: {e}"))?)
+                "limit" => {
+                    f.limit = Some(
+                        v.parse()
+                            .map_err(|_| format!("limit={v:?} is not a number"))?,
+                    )
                 }
-                other => return Err(format!("unknown parameter {other:?} (namespace, workload, limit, duration)")),
+                "duration" => {
+                    f.duration = Some(
+                        mesh_config::parse_duration(v)
+                            .map_err(|e| format!("duration={v:?}: {e}"))?,
+                    )
+                }
+                other => {
+                    return Err(format!(
+                        "unknown parameter {other:?} (namespace, workload, limit, duration)"
+                    ))
+                }
             }
         }
         Ok(f)
@@ -171,7 +183,9 @@ pub fn stream(filter: Filter) -> impl futures_util::Stream<Item = bytes::Bytes> 
                     None => rx.recv().await,
                 };
                 let line = match next {
-                    Ok(ev) if ev.matches(filter.namespace.as_deref(), filter.workload.as_deref()) => {
+                    Ok(ev)
+                        if ev.matches(filter.namespace.as_deref(), filter.workload.as_deref()) =>
+                    {
                         seen += 1;
                         serde_json::to_string(&*ev).unwrap_or_default()
                     }
@@ -203,7 +217,9 @@ mod tests {
         assert_eq!(f.limit, Some(3));
         assert_eq!(f.duration, Some(Duration::from_secs(2)));
         assert!(Filter::from_query(Some("limit=x")).is_err());
-        assert!(Filter::from_query(Some("bogus=1")).unwrap_err().contains("bogus"));
+        assert!(Filter::from_query(Some("bogus=1"))
+            .unwrap_err()
+            .contains("bogus"));
     }
 
     fn info(ns: &str) -> ConnectionInfo {
@@ -234,9 +250,18 @@ mod tests {
         let s = stream(filter);
         futures_util::pin_mut!(s);
         // Subscribed when the stream was made: nothing queued yet.
-        assert!(tokio::time::timeout(Duration::from_millis(10), s.next()).await.is_err());
+        assert!(tokio::time::timeout(Duration::from_millis(10), s.next())
+            .await
+            .is_err());
         publish("open", &info("tap-other"), Outcome::default());
-        publish("close", &info("tap-a"), Outcome { sent: Some(5), ..Default::default() });
+        publish(
+            "close",
+            &info("tap-a"),
+            Outcome {
+                sent: Some(5),
+                ..Default::default()
+            },
+        );
         let line = s.next().await.expect("an event");
         let v: serde_json::Value = serde_json::from_slice(&line).expect("json line");
         assert_eq!(v["event"], "close");

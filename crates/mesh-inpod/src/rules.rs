@@ -331,12 +331,11 @@ pub fn remove(netns: &Path) {
 
 /// Verifies the rules in `netns` are either all present or all absent.
 pub fn check(netns: &Path) -> Result<Installed, RulesError> {
-    let nat = run_in(netns, &argv(&["iptables-save", "-t", "nat"]), None)
-        .map_err(RulesError::Check)?;
+    let nat =
+        run_in(netns, &argv(&["iptables-save", "-t", "nat"]), None).map_err(RulesError::Check)?;
     let mangle = run_in(netns, &argv(&["iptables-save", "-t", "mangle"]), None)
         .map_err(RulesError::Check)?;
-    let rules =
-        run_in(netns, &argv(&["ip", "rule", "show"]), None).map_err(RulesError::Check)?;
+    let rules = run_in(netns, &argv(&["ip", "rule", "show"]), None).map_err(RulesError::Check)?;
     inspect(&nat, &mangle, &rules).map_err(RulesError::Check)
 }
 

@@ -58,7 +58,10 @@ fn pod(
         ]);
     }
     let ip = c.ok(&args)?.trim().to_string();
-    anyhow::ensure!(ip.parse::<std::net::Ipv4Addr>().is_ok(), "pod add printed {ip:?}");
+    anyhow::ensure!(
+        ip.parse::<std::net::Ipv4Addr>().is_ok(),
+        "pod add printed {ip:?}"
+    );
     Ok(ip)
 }
 
@@ -102,9 +105,11 @@ fn curl(c: &LocalCluster, ns: &str, name: &str, url: &str) -> anyhow::Result<Str
 
 /// Polls until `curl` from the pod succeeds; returns the body.
 fn curl_eventually(c: &LocalCluster, ns: &str, name: &str, url: &str) -> anyhow::Result<String> {
-    poll(&format!("{ns}/{name} reaching {url}"), Duration::from_secs(20), || {
-        Ok(curl(c, ns, name, url).ok())
-    })
+    poll(
+        &format!("{ns}/{name} reaching {url}"),
+        Duration::from_secs(20),
+        || Ok(curl(c, ns, name, url).ok()),
+    )
 }
 
 /// Polls until `curl` from the pod fails; returns the error.
@@ -114,9 +119,11 @@ fn curl_refused_eventually(
     name: &str,
     url: &str,
 ) -> anyhow::Result<String> {
-    poll(&format!("{ns}/{name} refused at {url}"), Duration::from_secs(20), || {
-        Ok(curl(c, ns, name, url).err().map(|e| e.to_string()))
-    })
+    poll(
+        &format!("{ns}/{name} refused at {url}"),
+        Duration::from_secs(20),
+        || Ok(curl(c, ns, name, url).err().map(|e| e.to_string())),
+    )
 }
 
 /// The in-pod nat rules of a pod: true when our ISTIO_OUTPUT chain is installed.
@@ -130,7 +137,13 @@ fn captured(c: &LocalCluster, ns: &str, name: &str) -> anyhow::Result<bool> {
 fn metrics(c: &LocalCluster, node: &str) -> anyhow::Result<String> {
     let out = LocalCluster::in_netns(
         &node_netns(c, node),
-        &["curl", "-sS", "--max-time", "3", "http://127.0.0.1:15020/metrics"],
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "3",
+            "http://127.0.0.1:15020/metrics",
+        ],
     )?;
     anyhow::ensure!(out.status.success(), "scraping ztunnel on {node} failed");
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -140,7 +153,13 @@ fn metrics(c: &LocalCluster, node: &str) -> anyhow::Result<String> {
 fn config_dump(c: &LocalCluster, node: &str) -> anyhow::Result<Value> {
     let out = LocalCluster::in_netns(
         &node_netns(c, node),
-        &["curl", "-sS", "--max-time", "3", "http://127.0.0.1:15000/config_dump"],
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "3",
+            "http://127.0.0.1:15000/config_dump",
+        ],
     )?;
     anyhow::ensure!(out.status.success(), "config_dump on {node} failed");
     Ok(serde_json::from_slice(&out.stdout)?)
@@ -181,10 +200,10 @@ fn with_cluster(nodes: u8, body: impl FnOnce(&LocalCluster) -> anyhow::Result<()
 #[test]
 fn captured_pods_reach_a_service_by_vip_pod_ip_and_dns_name_over_mtls() {
     with_cluster(2, |c| {
-        let server_ip = pod(&c, "demo", "server", "node-2", &["app=server"], true)?;
-        let client_ip = pod(&c, "demo", "client", "node-1", &[], false)?;
-        write_service(&c)?;
-        anyhow::ensure!(captured(&c, "demo", "client")? && captured(&c, "demo", "server")?);
+        let server_ip = pod(c, "demo", "server", "node-2", &["app=server"], true)?;
+        let client_ip = pod(c, "demo", "client", "node-1", &[], false)?;
+        write_service(c)?;
+        anyhow::ensure!(captured(c, "demo", "client")? && captured(c, "demo", "server")?);
         let caller = format!("you called from {client_ip}:");
         for url in [
             format!("http://{VIP}/"),
@@ -193,7 +212,7 @@ fn captured_pods_reach_a_service_by_vip_pod_ip_and_dns_name_over_mtls() {
             "http://server.demo/".to_string(),
             "http://server.demo.svc.cluster.local/".to_string(),
         ] {
-            let body = curl_eventually(&c, "demo", "client", &url)?;
+            let body = curl_eventually(c, "demo", "client", &url)?;
             anyhow::ensure!(
                 body.contains("hello from pod server") && body.contains(&caller),
                 "{url}: the server must see the client pod's own IP: {body}"
@@ -203,26 +222,45 @@ fn captured_pods_reach_a_service_by_vip_pod_ip_and_dns_name_over_mtls() {
         let principal = "source_principal=\"spiffe://cluster.local/ns/demo/sa/client\"";
         let dst = "destination_principal=\"spiffe://cluster.local/ns/demo/sa/server\"";
         let mtls = "connection_security_policy=\"mutual_tls\"";
-        let src = opened(&metrics(&c, "node-1")?, &["reporter=\"source\"", principal, dst, mtls]);
+        let src = opened(
+            &metrics(c, "node-1")?,
+            &["reporter=\"source\"", principal, dst, mtls],
+        );
         let dest = opened(
-            &metrics(&c, "node-2")?,
+            &metrics(c, "node-2")?,
             &["reporter=\"destination\"", principal, dst, mtls],
         );
-        anyhow::ensure!(src >= 4.0 && dest >= 4.0, "mTLS connections: source {src}, destination {dest}");
+        anyhow::ensure!(
+            src >= 4.0 && dest >= 4.0,
+            "mTLS connections: source {src}, destination {dest}"
+        );
         // `meshctl tap` shows the client's connections live, with both identities.
         let tap = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", node_netns(&c, "node-1")))
+            .arg(format!("--net=/run/netns/{}", node_netns(c, "node-1")))
             .arg("--")
             .arg(mesh_e2e::bins::bin("meshctl")?)
-            .args(["tap", "demo/client", "--ztunnel", "127.0.0.1:15000", "--limit", "2", "-o", "json"])
+            .args([
+                "tap",
+                "demo/client",
+                "--ztunnel",
+                "127.0.0.1:15000",
+                "--limit",
+                "2",
+                "-o",
+                "json",
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;
         let mut tap = KillOnDrop(tap);
-        let exited = poll("meshctl tap to see two events", Duration::from_secs(20), || {
-            curl(&c, "demo", "client", &format!("http://{VIP}/"))?;
-            Ok(tap.0.try_wait()?.map(|_| ()))
-        });
+        let exited = poll(
+            "meshctl tap to see two events",
+            Duration::from_secs(20),
+            || {
+                curl(c, "demo", "client", &format!("http://{VIP}/"))?;
+                Ok(tap.0.try_wait()?.map(|_| ()))
+            },
+        );
         let out = tap.finish()?;
         exited?;
         let events: Vec<Value> = String::from_utf8_lossy(&out)
@@ -244,7 +282,7 @@ fn captured_pods_reach_a_service_by_vip_pod_ip_and_dns_name_over_mtls() {
 
         // Each node agent enrolled exactly its own pod.
         for (node, pod) in [("node-1", "client"), ("node-2", "server")] {
-            let dump = config_dump(&c, node)?;
+            let dump = config_dump(c, node)?;
             let pods = dump["inpodPods"].as_array().context("inpodPods")?;
             anyhow::ensure!(
                 pods.len() == 1 && pods[0]["name"] == pod && pods[0]["enrolled"] == true,
@@ -316,37 +354,59 @@ impl Sniffer {
 #[test]
 fn no_plaintext_payload_crosses_the_pod_bridge_between_meshed_pods() {
     with_cluster(1, |c| {
-        let server_ip = pod(&c, "demo", "server", "node-1", &["app=server"], true)?;
-        pod(&c, "demo", "client", "node-1", &[], false)?;
+        let server_ip = pod(c, "demo", "server", "node-1", &["app=server"], true)?;
+        pod(c, "demo", "client", "node-1", &[], false)?;
         // The same pair outside the mesh, on the same bridge: proves the capture sees payloads.
-        let plain_ip = pod(&c, "plain", "server", "node-1", &[], true)?;
-        pod(&c, "plain", "client", "node-1", &[], false)?;
-        curl_eventually(&c, "demo", "client", &format!("http://{server_ip}:8080/"))?;
-        curl_eventually(&c, "plain", "client", &format!("http://{plain_ip}:8080/"))?;
+        let plain_ip = pod(c, "plain", "server", "node-1", &[], true)?;
+        pod(c, "plain", "client", "node-1", &[], false)?;
+        curl_eventually(c, "demo", "client", &format!("http://{server_ip}:8080/"))?;
+        curl_eventually(c, "plain", "client", &format!("http://{plain_ip}:8080/"))?;
 
         let marker = format!("MARKER-{:08x}", rand::random::<u32>());
         let header = format!("X-Marker: {marker}");
-        let node = node_netns(&c, "node-1");
+        let node = node_netns(c, "node-1");
         let sniff = Sniffer::start(&node, "all", &marker)?;
         for _ in 0..5 {
             let out = LocalCluster::in_netns(
-                &pod_netns(&c, "demo", "client"),
-                &["curl", "-sS", "--max-time", "3", "-H", &header, &format!("http://{server_ip}:8080/")],
+                &pod_netns(c, "demo", "client"),
+                &[
+                    "curl",
+                    "-sS",
+                    "--max-time",
+                    "3",
+                    "-H",
+                    &header,
+                    &format!("http://{server_ip}:8080/"),
+                ],
             )?;
             anyhow::ensure!(out.status.success(), "meshed request failed");
         }
         let (frames, seen) = sniff.finish()?;
         anyhow::ensure!(frames > 0, "the capture saw no frames at all");
-        anyhow::ensure!(seen == 0, "the marker crossed the bridge in clear text ({seen} frames of {frames})");
+        anyhow::ensure!(
+            seen == 0,
+            "the marker crossed the bridge in clear text ({seen} frames of {frames})"
+        );
 
         let sniff = Sniffer::start(&node, "all", &marker)?;
         let out = LocalCluster::in_netns(
-            &pod_netns(&c, "plain", "client"),
-            &["curl", "-sS", "--max-time", "3", "-H", &header, &format!("http://{plain_ip}:8080/")],
+            &pod_netns(c, "plain", "client"),
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "3",
+                "-H",
+                &header,
+                &format!("http://{plain_ip}:8080/"),
+            ],
         )?;
         anyhow::ensure!(out.status.success(), "plain request failed");
         let (_, seen_plain) = sniff.finish()?;
-        anyhow::ensure!(seen_plain > 0, "control: the marker of a pod outside the mesh must be visible");
+        anyhow::ensure!(
+            seen_plain > 0,
+            "control: the marker of a pod outside the mesh must be visible"
+        );
         Ok(())
     });
 }
@@ -354,10 +414,10 @@ fn no_plaintext_payload_crosses_the_pod_bridge_between_meshed_pods() {
 #[test]
 fn opt_out_label_and_namespace_label_flip_release_and_enroll_running_pods() {
     with_cluster(1, |c| {
-        let server_ip = pod(&c, "demo", "server", "node-1", &["app=server"], true)?;
-        let client_ip = pod(&c, "demo", "client", "node-1", &[], false)?;
+        let server_ip = pod(c, "demo", "server", "node-1", &["app=server"], true)?;
+        let client_ip = pod(c, "demo", "client", "node-1", &[], false)?;
         let optout_ip = pod(
-            &c,
+            c,
             "demo",
             "optout",
             "node-1",
@@ -365,12 +425,18 @@ fn opt_out_label_and_namespace_label_flip_release_and_enroll_running_pods() {
             false,
         )?;
         let url = format!("http://{server_ip}:8080/");
-        anyhow::ensure!(captured(&c, "demo", "client")?, "client must be captured");
-        anyhow::ensure!(!captured(&c, "demo", "optout")?, "a pod labelled none is not captured");
+        anyhow::ensure!(captured(c, "demo", "client")?, "client must be captured");
+        anyhow::ensure!(
+            !captured(c, "demo", "optout")?,
+            "a pod labelled none is not captured"
+        );
         // The opted-out pod still reaches the meshed server (plaintext into its 15006,
         // PERMISSIVE), as itself.
-        let body = curl_eventually(&c, "demo", "optout", &url)?;
-        anyhow::ensure!(body.contains(&format!("you called from {optout_ip}:")), "{body}");
+        let body = curl_eventually(c, "demo", "optout", &url)?;
+        anyhow::ensure!(
+            body.contains(&format!("you called from {optout_ip}:")),
+            "{body}"
+        );
         let log = c.dir.join("logs/ztunnel-node-1.log");
         let mtls_lines = || -> usize {
             std::fs::read_to_string(&log)
@@ -383,36 +449,51 @@ fn opt_out_label_and_namespace_label_flip_release_and_enroll_running_pods() {
                 })
                 .count()
         };
-        curl_eventually(&c, "demo", "client", &url)?;
+        curl_eventually(c, "demo", "client", &url)?;
         // The access-log line is written when ztunnel sees the connection close.
-        poll("the client's request logged as mTLS", Duration::from_secs(10), || {
-            Ok((mtls_lines() > 0).then_some(()))
-        })?;
+        poll(
+            "the client's request logged as mTLS",
+            Duration::from_secs(10),
+            || Ok((mtls_lines() > 0).then_some(())),
+        )?;
 
         // Label removed: the running pods are released and their rules removed by the agent.
         c.ok(&["namespace", "demo"])?;
         poll("client released", Duration::from_secs(20), || {
-            Ok((!captured(&c, "demo", "client")? && !captured(&c, "demo", "server")?).then_some(()))
+            Ok((!captured(c, "demo", "client")? && !captured(c, "demo", "server")?).then_some(()))
         })?;
-        let body = curl_eventually(&c, "demo", "client", &url)?;
-        anyhow::ensure!(body.contains(&format!("you called from {client_ip}:")), "{body}");
+        let body = curl_eventually(c, "demo", "client", &url)?;
+        anyhow::ensure!(
+            body.contains(&format!("you called from {client_ip}:")),
+            "{body}"
+        );
         poll("every pod shown released", Duration::from_secs(10), || {
-            let dump = config_dump(&c, "node-1")?;
+            let dump = config_dump(c, "node-1")?;
             let pods = dump["inpodPods"].as_array().context("inpodPods")?.clone();
             Ok(pods.iter().all(|p| p["enrolled"] == false).then_some(()))
         })?;
 
         // Label back: enrolled again, rules reinstalled, traffic tunnelled again.
-        c.ok(&["namespace", "demo", "--label", "istio.io/dataplane-mode=ambient"])?;
+        c.ok(&[
+            "namespace",
+            "demo",
+            "--label",
+            "istio.io/dataplane-mode=ambient",
+        ])?;
         poll("client enrolled again", Duration::from_secs(20), || {
-            Ok((captured(&c, "demo", "client")? && captured(&c, "demo", "server")?).then_some(()))
+            Ok((captured(c, "demo", "client")? && captured(c, "demo", "server")?).then_some(()))
         })?;
-        anyhow::ensure!(!captured(&c, "demo", "optout")?, "the opted-out pod stays out");
+        anyhow::ensure!(
+            !captured(c, "demo", "optout")?,
+            "the opted-out pod stays out"
+        );
         let mtls_before = mtls_lines();
-        curl_eventually(&c, "demo", "client", &url)?;
-        poll("a new mTLS connection after re-enrollment", Duration::from_secs(10), || {
-            Ok((mtls_lines() > mtls_before).then_some(()))
-        })?;
+        curl_eventually(c, "demo", "client", &url)?;
+        poll(
+            "a new mTLS connection after re-enrollment",
+            Duration::from_secs(10),
+            || Ok((mtls_lines() > mtls_before).then_some(())),
+        )?;
         Ok(())
     });
 }
@@ -420,37 +501,41 @@ fn opt_out_label_and_namespace_label_flip_release_and_enroll_running_pods() {
 #[test]
 fn strict_peer_authentication_refuses_plaintext_from_a_pod_outside_the_mesh() {
     with_cluster(1, |c| {
-        let server_ip = pod(&c, "demo", "server", "node-1", &["app=server"], true)?;
-        pod(&c, "demo", "client", "node-1", &[], false)?;
-        let stranger_ip = pod(&c, "outside", "stranger", "node-1", &[], false)?;
+        let server_ip = pod(c, "demo", "server", "node-1", &["app=server"], true)?;
+        pod(c, "demo", "client", "node-1", &[], false)?;
+        let stranger_ip = pod(c, "outside", "stranger", "node-1", &[], false)?;
         let url = format!("http://{server_ip}:8080/");
         // PERMISSIVE (the default): plaintext from outside is accepted, meshed traffic too.
-        let body = curl_eventually(&c, "outside", "stranger", &url)?;
-        anyhow::ensure!(body.contains(&format!("you called from {stranger_ip}:")), "{body}");
-        curl_eventually(&c, "demo", "client", &url)?;
+        let body = curl_eventually(c, "outside", "stranger", &url)?;
+        anyhow::ensure!(
+            body.contains(&format!("you called from {stranger_ip}:")),
+            "{body}"
+        );
+        curl_eventually(c, "demo", "client", &url)?;
 
         write_config(
-            &c,
+            c,
             "peerauthentication.demo.yaml",
             "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: demo}\nspec:\n  mtls: {mode: STRICT}\n",
         )?;
-        curl_refused_eventually(&c, "outside", "stranger", &url)?;
+        curl_refused_eventually(c, "outside", "stranger", &url)?;
         // mTLS from a meshed pod is still accepted under STRICT.
-        curl(&c, "demo", "client", &url)?;
-        let m = metrics(&c, "node-1")?;
+        curl(c, "demo", "client", &url)?;
+        let m = metrics(c, "node-1")?;
         anyhow::ensure!(
-            m.lines().any(|l| l.starts_with("istio_tcp_connections_failed_total{")
-                && l.contains("reporter=\"destination\"")
-                && l.contains("response_flags=\"DENY\"")),
+            m.lines()
+                .any(|l| l.starts_with("istio_tcp_connections_failed_total{")
+                    && l.contains("reporter=\"destination\"")
+                    && l.contains("response_flags=\"DENY\"")),
             "the refusal must be counted with response_flags=DENY"
         );
 
         write_config(
-            &c,
+            c,
             "peerauthentication.demo.yaml",
             "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: demo}\nspec:\n  mtls: {mode: PERMISSIVE}\n",
         )?;
-        curl_eventually(&c, "outside", "stranger", &url)?;
+        curl_eventually(c, "outside", "stranger", &url)?;
         Ok(())
     });
 }
@@ -458,24 +543,24 @@ fn strict_peer_authentication_refuses_plaintext_from_a_pod_outside_the_mesh() {
 #[test]
 fn authorization_policy_is_enforced_on_captured_traffic() {
     with_cluster(1, |c| {
-        let server_ip = pod(&c, "demo", "server", "node-1", &["app=server"], true)?;
-        pod(&c, "demo", "client", "node-1", &[], false)?;
-        pod(&c, "demo", "other", "node-1", &[], false)?;
+        let server_ip = pod(c, "demo", "server", "node-1", &["app=server"], true)?;
+        pod(c, "demo", "client", "node-1", &[], false)?;
+        pod(c, "demo", "other", "node-1", &[], false)?;
         let url = format!("http://{server_ip}:8080/");
-        curl_eventually(&c, "demo", "client", &url)?;
-        curl_eventually(&c, "demo", "other", &url)?;
+        curl_eventually(c, "demo", "client", &url)?;
+        curl_eventually(c, "demo", "other", &url)?;
         let policy = |principal: &str| {
             format!(
                 "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: server-callers, namespace: demo}}\nspec:\n  selector: {{matchLabels: {{app: server}}}}\n  action: ALLOW\n  rules:\n  - from:\n    - source: {{principals: [\"cluster.local/ns/demo/sa/{principal}\"]}}\n"
             )
         };
-        write_config(&c, "authz.demo.yaml", &policy("client"))?;
-        curl_refused_eventually(&c, "demo", "other", &url)?;
-        curl(&c, "demo", "client", &url)?;
+        write_config(c, "authz.demo.yaml", &policy("client"))?;
+        curl_refused_eventually(c, "demo", "other", &url)?;
+        curl(c, "demo", "client", &url)?;
         // Changed: now only `other` may call.
-        write_config(&c, "authz.demo.yaml", &policy("other"))?;
-        curl_refused_eventually(&c, "demo", "client", &url)?;
-        curl(&c, "demo", "other", &url)?;
+        write_config(c, "authz.demo.yaml", &policy("other"))?;
+        curl_refused_eventually(c, "demo", "client", &url)?;
+        curl(c, "demo", "other", &url)?;
         Ok(())
     });
 }
@@ -483,14 +568,17 @@ fn authorization_policy_is_enforced_on_captured_traffic() {
 #[test]
 fn ztunnel_killed_and_restarted_under_traffic_keeps_pods_captured() {
     with_cluster(2, |c| {
-        let server_ip = pod(&c, "demo", "server", "node-2", &["app=server"], true)?;
-        let client_ip = pod(&c, "demo", "client", "node-1", &[], false)?;
+        let server_ip = pod(c, "demo", "server", "node-2", &["app=server"], true)?;
+        let client_ip = pod(c, "demo", "client", "node-1", &[], false)?;
         let url = format!("http://{server_ip}:8080/");
-        curl_eventually(&c, "demo", "client", &url)?;
+        curl_eventually(c, "demo", "client", &url)?;
 
         // Traffic keeps flowing from the client while the server's node agent crashes.
         let mut load = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", pod_netns(&c, "demo", "client")))
+            .arg(format!(
+                "--net=/run/netns/{}",
+                pod_netns(c, "demo", "client")
+            ))
             .args(["--", "python3"])
             .arg(repo_root().join("tests/e2e/scripts/load.py"))
             .arg(&url)
@@ -505,34 +593,57 @@ fn ztunnel_killed_and_restarted_under_traffic_keeps_pods_captured() {
         c.ok(&["restart-ztunnel", "node-2", "--kill"])?;
         let ready = Instant::now();
         // New connections succeed within 1 s of readiness.
-        let body = poll("a request right after the restart", Duration::from_secs(1), || {
-            Ok(curl(&c, "demo", "client", &url).ok())
-        })?;
+        let body = poll(
+            "a request right after the restart",
+            Duration::from_secs(1),
+            || Ok(curl(c, "demo", "client", &url).ok()),
+        )?;
         eprintln!("first request after ready took {:?}", ready.elapsed());
-        anyhow::ensure!(body.contains(&format!("you called from {client_ip}:")), "{body}");
+        anyhow::ensure!(
+            body.contains(&format!("you called from {client_ip}:")),
+            "{body}"
+        );
         // Rules never left the pods, and the new agent re-adopted its pod.
-        anyhow::ensure!(captured(&c, "demo", "server")? && captured(&c, "demo", "client")?);
-        let dump = config_dump(&c, "node-2")?;
+        anyhow::ensure!(captured(c, "demo", "server")? && captured(c, "demo", "client")?);
+        let dump = config_dump(c, "node-2")?;
         let pods = dump["inpodPods"].as_array().context("inpodPods")?;
         anyhow::ensure!(
             pods.len() == 1 && pods[0]["name"] == "server" && pods[0]["enrolled"] == true,
             "{pods:?}"
         );
         let log = std::fs::read_to_string(c.dir.join("logs/ztunnel-node-2.log"))?;
-        anyhow::ensure!(log.contains("re-adopting pod from the previous run"), "no re-adoption in the log");
+        anyhow::ensure!(
+            log.contains("re-adopting pod from the previous run"),
+            "no re-adoption in the log"
+        );
 
         drop(load.stdin.take());
         let mut counts = String::new();
         reader.read_line(&mut counts)?;
         let _ = load.wait();
-        let nums: Vec<u64> = counts.split_whitespace().filter_map(|n| n.parse().ok()).collect();
+        let nums: Vec<u64> = counts
+            .split_whitespace()
+            .filter_map(|n| n.parse().ok())
+            .collect();
         anyhow::ensure!(nums.len() == 2 && nums[0] > 0, "load generator: {counts:?}");
-        eprintln!("requests during the restart: {} ok, {} failed", nums[0], nums[1]);
+        eprintln!(
+            "requests during the restart: {} ok, {} failed",
+            nums[0], nums[1]
+        );
         // Every request the server answered came from the client's own IP through the mesh:
         // the destination ztunnel counted only mTLS connections from the client.
-        let m = metrics(&c, "node-2")?;
-        let plaintext = opened(&m, &["reporter=\"destination\"", "connection_security_policy=\"unknown\""]);
-        anyhow::ensure!(plaintext == 0.0, "{plaintext} plaintext connections reached the server pod");
+        let m = metrics(c, "node-2")?;
+        let plaintext = opened(
+            &m,
+            &[
+                "reporter=\"destination\"",
+                "connection_security_policy=\"unknown\"",
+            ],
+        );
+        anyhow::ensure!(
+            plaintext == 0.0,
+            "{plaintext} plaintext connections reached the server pod"
+        );
         Ok(())
     });
 }
@@ -545,22 +656,32 @@ fn captured_traffic_to_a_service_goes_through_its_namespace_waypoint() {
     with_cluster(1, |c| {
         // A route with a redirect rule: only a waypoint can answer that one.
         write_config(
-            &c,
+            c,
             "httproute.demo.server.yaml",
             "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: server, namespace: demo}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: server, port: 80}]\n  rules:\n  - matches: [{path: {type: PathPrefix, value: /old}}]\n    filters: [{type: RequestRedirect, requestRedirect: {path: {type: ReplaceFullPath, replaceFullPath: /new}, statusCode: 301}}]\n  - backendRefs: [{name: server, port: 80}]\n",
         )?;
         // As istioctl: the Gateway, the waypoint pod (the tool's stand-in for the waypoint
         // controller), the namespace label, and a wait until it is programmed.
-        let out = c.cli(&["waypoint", "-n", "demo", "apply", "--enroll-namespace", "--wait"])?;
+        let out = c.cli(&[
+            "waypoint",
+            "-n",
+            "demo",
+            "apply",
+            "--enroll-namespace",
+            "--wait",
+        ])?;
         anyhow::ensure!(out.contains("waypoint demo/waypoint is ready"), "{out}");
-        let list: Value = serde_json::from_str(&c.cli(&["waypoint", "-n", "demo", "list", "-o", "json"])?)?;
+        let list: Value =
+            serde_json::from_str(&c.cli(&["waypoint", "-n", "demo", "list", "-o", "json"])?)?;
         anyhow::ensure!(
             list[0]["name"] == "waypoint" && list[0]["waypointFor"] == "service",
             "{list}"
         );
         let status = c.cli(&["waypoint", "-n", "demo", "status"])?;
         anyhow::ensure!(
-            status.lines().any(|l| l.contains("True") && l.contains("Programmed")),
+            status
+                .lines()
+                .any(|l| l.contains("True") && l.contains("Programmed")),
             "{status}"
         );
         let st = c.status()?;
@@ -572,16 +693,29 @@ fn captured_traffic_to_a_service_goes_through_its_namespace_waypoint() {
             .and_then(|p| p["ip"].as_str())
             .context("waypoint pod IP in status")?
             .to_string();
-        anyhow::ensure!(!captured(&c, "demo", "waypoint")?, "the waypoint pod must not be captured");
-        pod(&c, "demo", "server", "node-1", &["app=server"], true)?;
-        let client_ip = pod(&c, "demo", "client", "node-1", &[], false)?;
-        write_service(&c)?;
+        anyhow::ensure!(
+            !captured(c, "demo", "waypoint")?,
+            "the waypoint pod must not be captured"
+        );
+        pod(c, "demo", "server", "node-1", &["app=server"], true)?;
+        let client_ip = pod(c, "demo", "client", "node-1", &[], false)?;
+        write_service(c)?;
 
         // The redirect can only come from the waypoint's route.
         let out = poll("a 301 from the waypoint", Duration::from_secs(20), || {
             let out = LocalCluster::in_netns(
-                &pod_netns(&c, "demo", "client"),
-                &["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", "--max-time", "3", &format!("http://{VIP}/old")],
+                &pod_netns(c, "demo", "client"),
+                &[
+                    "curl",
+                    "-sS",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code} %{redirect_url}",
+                    "--max-time",
+                    "3",
+                    &format!("http://{VIP}/old"),
+                ],
             )?;
             let text = String::from_utf8_lossy(&out.stdout).into_owned();
             Ok(text.starts_with("301").then_some(text))
@@ -589,15 +723,22 @@ fn captured_traffic_to_a_service_goes_through_its_namespace_waypoint() {
         anyhow::ensure!(out.contains("/new"), "Location of the redirect: {out}");
         // Other paths reach the server, from the waypoint's address (the waypoint made the
         // upstream connection, as in Istio).
-        let body = curl_eventually(&c, "demo", "client", &format!("http://{VIP}/"))?;
+        let body = curl_eventually(c, "demo", "client", &format!("http://{VIP}/"))?;
         anyhow::ensure!(
-            body.contains("hello from pod server") && body.contains(&format!("you called from {wp_ip}:")),
+            body.contains("hello from pod server")
+                && body.contains(&format!("you called from {wp_ip}:")),
             "{body}"
         );
         // The waypoint counted the requests with the client's identity.
         let m = LocalCluster::in_netns(
-            &pod_netns(&c, "demo", "waypoint"),
-            &["curl", "-fsS", "--max-time", "3", "http://127.0.0.1:15020/stats/prometheus"],
+            &pod_netns(c, "demo", "waypoint"),
+            &[
+                "curl",
+                "-fsS",
+                "--max-time",
+                "3",
+                "http://127.0.0.1:15020/stats/prometheus",
+            ],
         )?;
         let m = String::from_utf8_lossy(&m.stdout);
         anyhow::ensure!(
@@ -609,8 +750,16 @@ fn captured_traffic_to_a_service_goes_through_its_namespace_waypoint() {
         );
         // `meshctl describe` explains it: the service's waypoint and route, the pod's capture.
         let svc = c.cli(&["describe", "service", "server", "-n", "demo"])?;
-        for want in ["server.demo.svc.cluster.local", VIP, "Waypoint:         waypoint", "HTTPRoute demo/server (2 rules)"] {
-            anyhow::ensure!(svc.contains(want), "describe service lacks {want:?}:\n{svc}");
+        for want in [
+            "server.demo.svc.cluster.local",
+            VIP,
+            "Waypoint:         waypoint",
+            "HTTPRoute demo/server (2 rules)",
+        ] {
+            anyhow::ensure!(
+                svc.contains(want),
+                "describe service lacks {want:?}:\n{svc}"
+            );
         }
         let pod_desc = c.cli(&["describe", "pod", "server", "-n", "demo"])?;
         for want in [
@@ -618,13 +767,16 @@ fn captured_traffic_to_a_service_goes_through_its_namespace_waypoint() {
             "Captured:         yes: in-pod, by the ztunnel of node-1",
             "waypoint (traffic to server.demo.svc.cluster.local)",
         ] {
-            anyhow::ensure!(pod_desc.contains(want), "describe pod lacks {want:?}:\n{pod_desc}");
+            anyhow::ensure!(
+                pod_desc.contains(want),
+                "describe pod lacks {want:?}:\n{pod_desc}"
+            );
         }
         let wp_desc = c.cli(&["describe", "pod", "waypoint", "-n", "demo"])?;
         anyhow::ensure!(wp_desc.contains("no: a waypoint"), "{wp_desc}");
 
         // The client's ztunnel sent it to the waypoint over mTLS.
-        let zm = metrics(&c, "node-1")?;
+        let zm = metrics(c, "node-1")?;
         let to_wp = opened(
             &zm,
             &[
@@ -639,25 +791,55 @@ fn captured_traffic_to_a_service_goes_through_its_namespace_waypoint() {
         // Deleted: the Gateway and its pod go, and the Service is served directly again
         // (server.py answers /old itself).
         c.cli(&["waypoint", "-n", "demo", "delete", "waypoint"])?;
-        let body = poll("/old served without the waypoint", Duration::from_secs(20), || {
-            Ok(curl(&c, "demo", "client", &format!("http://{VIP}/old"))
-                .ok()
-                .filter(|b| b.contains("hello from pod server")))
-        })?;
-        anyhow::ensure!(body.contains(&format!("you called from {client_ip}:")), "{body}");
+        let body = poll(
+            "/old served without the waypoint",
+            Duration::from_secs(20),
+            || {
+                Ok(curl(c, "demo", "client", &format!("http://{VIP}/old"))
+                    .ok()
+                    .filter(|b| b.contains("hello from pod server")))
+            },
+        )?;
+        anyhow::ensure!(
+            body.contains(&format!("you called from {client_ip}:")),
+            "{body}"
+        );
         Ok(())
     });
 }
 
 /// Runs the grpcio client in a pod; its JSON answer.
-fn grpc_call(c: &LocalCluster, ns: &str, pod: &str, target: &str, method: &str, data: &str) -> anyhow::Result<Value> {
+fn grpc_call(
+    c: &LocalCluster,
+    ns: &str,
+    pod: &str,
+    target: &str,
+    method: &str,
+    data: &str,
+) -> anyhow::Result<Value> {
     let app = repo_root().join("tests/e2e/python/grpc_app.py");
     let app = app.to_string_lossy();
     let out = LocalCluster::in_netns(
         &pod_netns(c, ns, pod),
-        &["python3", &app, "call", "--target", target, "--method", method, "--data", data, "--timeout", "3"],
+        &[
+            "python3",
+            &app,
+            "call",
+            "--target",
+            target,
+            "--method",
+            method,
+            "--data",
+            data,
+            "--timeout",
+            "3",
+        ],
     )?;
-    anyhow::ensure!(out.status.success(), "grpc client: {}", String::from_utf8_lossy(&out.stderr));
+    anyhow::ensure!(
+        out.status.success(),
+        "grpc client: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 
@@ -667,7 +849,11 @@ fn grpc_call(c: &LocalCluster, ns: &str, pod: &str, target: &str, method: &str, 
 #[test]
 fn grpcroute_routes_grpc_calls_by_method_through_the_waypoint() {
     if !mesh_e2e::netns::have("python3")
-        || Command::new("python3").args(["-c", "import grpc"]).status().map(|s| !s.success()).unwrap_or(true)
+        || Command::new("python3")
+            .args(["-c", "import grpc"])
+            .status()
+            .map(|s| !s.success())
+            .unwrap_or(true)
     {
         mesh_e2e::skip("python grpcio is not installed (make prereqs installs it)");
         return;
@@ -677,44 +863,79 @@ fn grpcroute_routes_grpc_calls_by_method_through_the_waypoint() {
         let app = app.to_string_lossy().into_owned();
         for (name, label) in [("grpc-a", "app=grpc-a"), ("grpc-b", "app=grpc-b")] {
             c.ok(&[
-                "pod", "add", name, "-n", "demo", "--sa", name, "--node", "node-1", "--label", label, "--",
-                "python3", &app, "serve", "--name", name, "--port", "9090",
+                "pod", "add", name, "-n", "demo", "--sa", name, "--node", "node-1", "--label",
+                label, "--", "python3", &app, "serve", "--name", name, "--port", "9090",
             ])?;
         }
         pod(c, "demo", "client", "node-1", &[], false)?;
         let svc = |name: &str, selector: &str, vip: &str| {
             format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: demo}}\nspec:\n  selector: {{app: {selector}}}\n  clusterIP: {vip}\n  ports: [{{name: grpc, port: 9090, targetPort: 9090, appProtocol: grpc}}]\n")
         };
-        write_config(c, "service.demo.grpc.yaml", &svc("grpc", "grpc-a", "10.96.0.20"))?;
-        write_config(c, "service.demo.grpc-a.yaml", &svc("grpc-a", "grpc-a", "10.96.0.21"))?;
-        write_config(c, "service.demo.grpc-b.yaml", &svc("grpc-b", "grpc-b", "10.96.0.22"))?;
+        write_config(
+            c,
+            "service.demo.grpc.yaml",
+            &svc("grpc", "grpc-a", "10.96.0.20"),
+        )?;
+        write_config(
+            c,
+            "service.demo.grpc-a.yaml",
+            &svc("grpc-a", "grpc-a", "10.96.0.21"),
+        )?;
+        write_config(
+            c,
+            "service.demo.grpc-b.yaml",
+            &svc("grpc-b", "grpc-b", "10.96.0.22"),
+        )?;
         write_config(
             c,
             "grpcroute.demo.grpc.yaml",
             "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: grpc, namespace: demo}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: grpc, port: 9090}]\n  rules:\n  - matches: [{method: {service: demo.Echo, method: Count}}]\n    backendRefs: [{name: grpc-b, port: 9090}]\n  - backendRefs: [{name: grpc-a, port: 9090}]\n",
         )?;
-        c.cli(&["waypoint", "-n", "demo", "apply", "--enroll-namespace", "--wait"])?;
+        c.cli(&[
+            "waypoint",
+            "-n",
+            "demo",
+            "apply",
+            "--enroll-namespace",
+            "--wait",
+        ])?;
 
         let target = "10.96.0.20:9090";
         // Unary: the default rule, backend grpc-a.
-        let v = poll("a unary call through the waypoint", Duration::from_secs(20), || {
-            let v = grpc_call(c, "demo", "client", target, "Say", "hi")?;
-            Ok((v["code"] == "OK").then_some(v))
-        })?;
+        let v = poll(
+            "a unary call through the waypoint",
+            Duration::from_secs(20),
+            || {
+                let v = grpc_call(c, "demo", "client", target, "Say", "hi")?;
+                Ok((v["code"] == "OK").then_some(v))
+            },
+        )?;
         anyhow::ensure!(v["replies"] == serde_json::json!(["grpc-a:hi"]), "{v}");
         // Server streaming, routed by method to grpc-b; every message arrives.
         let v = grpc_call(c, "demo", "client", target, "Count", "5")?;
         anyhow::ensure!(
             v["code"] == "OK"
-                && v["replies"] == serde_json::json!(["grpc-b:0", "grpc-b:1", "grpc-b:2", "grpc-b:3", "grpc-b:4"]),
+                && v["replies"]
+                    == serde_json::json!([
+                        "grpc-b:0", "grpc-b:1", "grpc-b:2", "grpc-b:3", "grpc-b:4"
+                    ]),
             "{v}"
         );
         // A gRPC error travels back in the trailers.
         let v = grpc_call(c, "demo", "client", target, "Fail", "NOT_FOUND")?;
-        anyhow::ensure!(v["code"] == "NOT_FOUND" && v["details"] == "grpc-a failed as asked", "{v}");
+        anyhow::ensure!(
+            v["code"] == "NOT_FOUND" && v["details"] == "grpc-a failed as asked",
+            "{v}"
+        );
         let m = LocalCluster::in_netns(
             &pod_netns(c, "demo", "waypoint"),
-            &["curl", "-fsS", "--max-time", "3", "http://127.0.0.1:15020/stats/prometheus"],
+            &[
+                "curl",
+                "-fsS",
+                "--max-time",
+                "3",
+                "http://127.0.0.1:15020/stats/prometheus",
+            ],
         )?;
         let m = String::from_utf8_lossy(&m.stdout);
         anyhow::ensure!(

@@ -173,7 +173,9 @@ impl Agent {
                         },
                     );
                 }
-                _ => info!(pod = %record.display(), "pod of the previous run is gone; forgetting it"),
+                _ => {
+                    info!(pod = %record.display(), "pod of the previous run is gone; forgetting it")
+                }
             }
         }
         let mut agent = Agent {
@@ -319,9 +321,9 @@ impl Agent {
     async fn del(&self, req: Request) -> Result<(), InpodError> {
         let key = (req.pod.namespace, req.pod.name);
         let mut pods = self.pods.lock().await;
-        let matches = pods
-            .get(&key)
-            .is_some_and(|p| req.container_id.is_empty() || p.record.container_id == req.container_id);
+        let matches = pods.get(&key).is_some_and(|p| {
+            req.container_id.is_empty() || p.record.container_id == req.container_id
+        });
         if matches {
             if let Some(pod) = pods.remove(&key) {
                 info!(pod = %pod.record.display(), "pod deleted; releasing it");
@@ -371,10 +373,7 @@ impl Agent {
 
     fn membership(&self, r: &PodRecord) -> Membership {
         let node = &self.proxy.cfg.node_name;
-        let found = self
-            .proxy
-            .state
-            .workload_by_name(&r.namespace, &r.name);
+        let found = self.proxy.state.workload_by_name(&r.namespace, &r.name);
         match found {
             None => Membership::Unknown,
             Some(w) if !w.node.is_empty() && &w.node != node => Membership::Unknown,
@@ -403,7 +402,12 @@ impl Agent {
 
     /// Opens the pod's listeners inside its netns (and, with [`Rules::Ensure`], makes sure its
     /// rules are installed).
-    async fn enroll(&self, pod: &mut Pod, w: &Workload, rules_mode: Rules) -> Result<(), InpodError> {
+    async fn enroll(
+        &self,
+        pod: &mut Pod,
+        w: &Workload,
+        rules_mode: Rules,
+    ) -> Result<(), InpodError> {
         let r = &pod.record;
         let path = r.netns.clone();
         let mark = self.proxy.cfg.packet_mark;
@@ -456,7 +460,8 @@ impl Agent {
         let mut dns_cfg = crate::dns::DnsConfig::new(dns_addr, self.dns_upstreams.clone());
         dns_cfg.packet_mark = mark;
         dns_cfg.default_namespace = Some(w.namespace.clone());
-        let dns = crate::dns::DnsProxy::from_std(self.proxy.state.clone(), dns_cfg, dns_udp, dns_tcp)?;
+        let dns =
+            crate::dns::DnsProxy::from_std(self.proxy.state.clone(), dns_cfg, dns_udp, dns_tcp)?;
 
         if rules_mode == Rules::Ensure {
             let (p, dns_capture) = (path.clone(), r.dns_capture);
@@ -469,8 +474,24 @@ impl Agent {
         }
 
         let p = &self.proxy;
-        spawn_until(&stop, crate::proxy::accept_loop(p.clone(), outbound, "inpod_outbound", crate::proxy::outbound::serve_captured));
-        spawn_until(&stop, crate::proxy::accept_loop(p.clone(), plaintext, "inpod_inbound_plaintext", crate::proxy::inbound_plaintext::serve));
+        spawn_until(
+            &stop,
+            crate::proxy::accept_loop(
+                p.clone(),
+                outbound,
+                "inpod_outbound",
+                crate::proxy::outbound::serve_captured,
+            ),
+        );
+        spawn_until(
+            &stop,
+            crate::proxy::accept_loop(
+                p.clone(),
+                plaintext,
+                "inpod_inbound_plaintext",
+                crate::proxy::inbound_plaintext::serve,
+            ),
+        );
         spawn_until(&stop, crate::proxy::inbound::accept_hbone(p.clone(), hbone));
         tokio::spawn(dns.run(stop.clone()));
 
@@ -517,7 +538,9 @@ impl Agent {
         let enrolled = pods.values().filter(|p| p.enrolled.is_some()).count();
         let pending = pods
             .values()
-            .filter(|p| p.enrolled.is_none() && matches!(self.membership(&p.record), Membership::Unknown))
+            .filter(|p| {
+                p.enrolled.is_none() && matches!(self.membership(&p.record), Membership::Unknown)
+            })
             .count();
         crate::metrics::proxies(enrolled, pending);
         let dump = serde_json::Value::Array(

@@ -177,7 +177,8 @@ impl Netns {
         let l = self
             .run(move || {
                 let listen = |addr: SocketAddr| -> io::Result<Socket> {
-                    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+                    let s =
+                        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
                     prepare(&s, mark)?;
                     s.set_reuse_address(true)?;
                     s.set_reuse_port(true)?;
@@ -191,7 +192,10 @@ impl Netns {
                 match listen(addr) {
                     Err(e) if addr.ip().is_unspecified() && addr.is_ipv6() => {
                         tracing::debug!(error = %e, "no IPv6 in the pod; listening on IPv4 only");
-                        listen(SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), addr.port()))
+                        listen(SocketAddr::new(
+                            std::net::Ipv4Addr::UNSPECIFIED.into(),
+                            addr.port(),
+                        ))
                     }
                     r => r,
                 }

@@ -21,9 +21,9 @@ pub mod objects;
 mod pod;
 pub mod process;
 pub mod state;
-pub mod waypoint;
 #[cfg(test)]
 mod tests;
+pub mod waypoint;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -58,7 +58,10 @@ impl Proc {
         if wait_gone(&|| self.alive(), Duration::from_secs(5)) {
             Ok(())
         } else {
-            Err(LocalError::Invalid(format!("process {} survived SIGKILL", self.pid)))
+            Err(LocalError::Invalid(format!(
+                "process {} survived SIGKILL",
+                self.pid
+            )))
         }
     }
 }

@@ -29,14 +29,28 @@ fn load(cluster: &str, dir: &Path) -> Result<ClusterState, LocalError> {
 }
 
 /// GET from istiod-lite's monitoring port inside the cluster namespace.
-pub fn istiod_get(cluster: &str, dir: &Path, path: &str, timeout: Duration) -> Result<crate::http::Response, LocalError> {
+pub fn istiod_get(
+    cluster: &str,
+    dir: &Path,
+    path: &str,
+    timeout: Duration,
+) -> Result<crate::http::Response, LocalError> {
     let st = load(cluster, dir)?;
-    super::netns::http_get_in(&st.netns, &format!("{ISTIOD_IP}:{MONITORING_PORT}"), path, timeout)
-        .map_err(|e| LocalError::Invalid(format!("istiod-lite in cluster {cluster}: {e}")))
+    super::netns::http_get_in(
+        &st.netns,
+        &format!("{ISTIOD_IP}:{MONITORING_PORT}"),
+        path,
+        timeout,
+    )
+    .map_err(|e| LocalError::Invalid(format!("istiod-lite in cluster {cluster}: {e}")))
 }
 
 /// Every node's ztunnel `/config_dump` (node name, response), read inside each node netns.
-pub fn ztunnel_dumps(cluster: &str, dir: &Path, timeout: Duration) -> Result<Vec<(String, crate::http::Response)>, LocalError> {
+pub fn ztunnel_dumps(
+    cluster: &str,
+    dir: &Path,
+    timeout: Duration,
+) -> Result<Vec<(String, crate::http::Response)>, LocalError> {
     let st = load(cluster, dir)?;
     st.nodes
         .iter()
@@ -49,10 +63,17 @@ pub fn ztunnel_dumps(cluster: &str, dir: &Path, timeout: Duration) -> Result<Vec
 }
 
 /// Starts pod `<name>` in `namespace` running the waypoint for Gateway `name` (if not running).
-pub fn start(cluster: &str, dir: &Path, namespace: &str, name: &str, out: &mut dyn Write) -> Result<(), LocalError> {
+pub fn start(
+    cluster: &str,
+    dir: &Path,
+    namespace: &str,
+    name: &str,
+    out: &mut dyn Write,
+) -> Result<(), LocalError> {
     let st = load(cluster, dir)?;
     if st.pods.contains_key(&pod_key(namespace, name)) {
-        writeln!(out, "waypoint pod {namespace}/{name} already runs").map_err(LocalError::io("stdout"))?;
+        writeln!(out, "waypoint pod {namespace}/{name} already runs")
+            .map_err(LocalError::io("stdout"))?;
         return Ok(());
     }
     // The waypoint's credential: a token istiod-lite's CA accepts for exactly its identity.
@@ -91,7 +112,13 @@ pub fn start(cluster: &str, dir: &Path, namespace: &str, name: &str, out: &mut d
 }
 
 /// Stops and removes the waypoint pod of Gateway `name`, if any.
-pub fn stop(cluster: &str, dir: &Path, namespace: &str, name: &str, out: &mut dyn Write) -> Result<(), LocalError> {
+pub fn stop(
+    cluster: &str,
+    dir: &Path,
+    namespace: &str,
+    name: &str,
+    out: &mut dyn Write,
+) -> Result<(), LocalError> {
     let st = load(cluster, dir)?;
     let key = pod_key(namespace, name);
     let is_waypoint = st
@@ -113,9 +140,16 @@ pub fn stop(cluster: &str, dir: &Path, namespace: &str, name: &str, out: &mut dy
 }
 
 /// Sets (or, with `None`, removes) `istio.io/use-waypoint` on `namespace`, keeping its other labels.
-pub fn label_namespace(cluster: &str, dir: &Path, namespace: &str, waypoint: Option<&str>, out: &mut dyn Write) -> Result<(), LocalError> {
+pub fn label_namespace(
+    cluster: &str,
+    dir: &Path,
+    namespace: &str,
+    waypoint: Option<&str>,
+    out: &mut dyn Write,
+) -> Result<(), LocalError> {
     let st = load(cluster, dir)?;
-    let mut labels: BTreeMap<String, String> = st.namespaces.get(namespace).cloned().unwrap_or_default();
+    let mut labels: BTreeMap<String, String> =
+        st.namespaces.get(namespace).cloned().unwrap_or_default();
     match waypoint {
         Some(w) => labels.insert("istio.io/use-waypoint".into(), w.into()),
         None => labels.remove("istio.io/use-waypoint"),

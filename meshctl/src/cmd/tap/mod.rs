@@ -23,7 +23,9 @@ const HINT: &str = "pass --ztunnel ADMIN (its ADMIN_ADDR) or set MESHCTL_ZTUNNEL
 /// or the user interrupts.
 pub fn run(a: &TapArgs, ctx: &Ctx<'_>, out: &mut dyn Write) -> Result<(), Error> {
     if !matches!(a.output, Format::Table | Format::Wide | Format::Json) {
-        return Err(Error::Usage("tap prints events as they come: -o table or -o json".into()));
+        return Err(Error::Usage(
+            "tap prints events as they come: -o table or -o json".into(),
+        ));
     }
     let query = query(a)?;
     let ztunnels = config::ztunnels(&a.ztunnels, ctx.env)?;
@@ -86,7 +88,9 @@ fn query(a: &TapArgs) -> Result<String, Error> {
             None => (t.as_str(), None),
         };
         if ns.is_empty() || wl.is_some_and(str::is_empty) {
-            return Err(Error::Usage(format!("{t:?}: expected NAMESPACE or NAMESPACE/WORKLOAD")));
+            return Err(Error::Usage(format!(
+                "{t:?}: expected NAMESPACE or NAMESPACE/WORKLOAD"
+            )));
         }
         q.push(format!("namespace={}", http::encode_query(ns)));
         if let Some(w) = wl {
@@ -109,7 +113,16 @@ fn query(a: &TapArgs) -> Result<String, Error> {
 fn header() -> String {
     format!(
         "{:<12} {:<7} {:<8} {:<28} {:<28} {:<10} {:>9} {:>9} {:>7} {}",
-        "TIME", "EVENT", "DIR", "SOURCE", "DESTINATION", "SECURITY", "SENT", "RECEIVED", "MS", "FLAGS/ERROR"
+        "TIME",
+        "EVENT",
+        "DIR",
+        "SOURCE",
+        "DESTINATION",
+        "SECURITY",
+        "SENT",
+        "RECEIVED",
+        "MS",
+        "FLAGS/ERROR"
     )
 }
 
@@ -127,29 +140,55 @@ fn row(ev: &Value) -> String {
     if ev["event"] == "dropped" {
         return format!(
             "-- {} events dropped by {} (this reader fell behind) --",
-            ev["count"], ev["ztunnel"].as_str().unwrap_or_default()
+            ev["count"],
+            ev["ztunnel"].as_str().unwrap_or_default()
         );
     }
     let time = ev["time_ms"]
         .as_i64()
-        .and_then(|ms| time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok())
-        .map(|t| format!("{:02}:{:02}:{:02}.{:03}", t.hour(), t.minute(), t.second(), t.millisecond()))
+        .and_then(|ms| {
+            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
+        })
+        .map(|t| {
+            format!(
+                "{:02}:{:02}:{:02}.{:03}",
+                t.hour(),
+                t.minute(),
+                t.second(),
+                t.millisecond()
+            )
+        })
         .unwrap_or_default();
-    let num = |k: &str| ev[k].as_u64().map(|n| n.to_string()).unwrap_or_else(|| "-".into());
+    let num = |k: &str| {
+        ev[k]
+            .as_u64()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| "-".into())
+    };
     let security = match ev["security"].as_str() {
         Some("mutual_tls") => "mTLS",
         _ => "plaintext",
     };
-    let mut flags = ev["response_flags"].as_str().unwrap_or_default().to_string();
+    let mut flags = ev["response_flags"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     if flags == "-" {
         flags.clear();
     }
     if let Some(e) = ev["error"].as_str().filter(|e| !e.is_empty()) {
-        flags = if flags.is_empty() { e.to_string() } else { format!("{flags} {e}") };
+        flags = if flags.is_empty() {
+            e.to_string()
+        } else {
+            format!("{flags} {e}")
+        };
     }
     let mut dst = peer(&ev["dst"]);
     if let Some(svc) = ev["dst_service"].as_str().filter(|s| !s.is_empty()) {
-        dst = format!("{dst} ({})", svc.split('.').take(2).collect::<Vec<_>>().join("."));
+        dst = format!(
+            "{dst} ({})",
+            svc.split('.').take(2).collect::<Vec<_>>().join(".")
+        );
     }
     format!(
         "{:<12} {:<7} {:<8} {:<28} {:<28} {:<10} {:>9} {:>9} {:>7} {}",
@@ -205,7 +244,16 @@ mod tests {
         )
         .expect("json");
         let r = row(&ev);
-        for part in ["00:00:00.000", "close", "outbound", "client.demo", "server.demo (server.demo)", "mTLS", "10", "20"] {
+        for part in [
+            "00:00:00.000",
+            "close",
+            "outbound",
+            "client.demo",
+            "server.demo (server.demo)",
+            "mTLS",
+            "10",
+            "20",
+        ] {
             assert!(r.contains(part), "{part:?} missing in {r:?}");
         }
         let refused: Value = serde_json::from_str(
@@ -214,8 +262,12 @@ mod tests {
         )
         .expect("json");
         let r = row(&refused);
-        assert!(r.contains("10.0.0.9:1") && r.contains("plaintext") && r.contains("DENY policy x"), "{r}");
-        let dropped: Value = serde_json::from_str(r#"{"event":"dropped","count":7,"ztunnel":"z"}"#).expect("json");
+        assert!(
+            r.contains("10.0.0.9:1") && r.contains("plaintext") && r.contains("DENY policy x"),
+            "{r}"
+        );
+        let dropped: Value =
+            serde_json::from_str(r#"{"event":"dropped","count":7,"ztunnel":"z"}"#).expect("json");
         assert!(row(&dropped).contains("7 events dropped"));
     }
 

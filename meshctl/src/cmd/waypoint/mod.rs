@@ -33,7 +33,10 @@ enum Place {
 
 impl Place {
     fn resolve(a: &WaypointArgs, ctx: &Ctx<'_>) -> Result<Place, Error> {
-        let local = a.local.clone().or_else(|| ctx.env.get(LOCAL_ENV).filter(|s| !s.is_empty()));
+        let local = a
+            .local
+            .clone()
+            .or_else(|| ctx.env.get(LOCAL_ENV).filter(|s| !s.is_empty()));
         if let Some(cluster) = local {
             let dir = crate::cmd::local::state_dir(&cluster, a.state_dir.as_deref());
             return Ok(Place::Local { cluster, dir });
@@ -55,7 +58,9 @@ impl Place {
 
     fn config_dir(&self) -> Result<PathBuf, Error> {
         match self {
-            Place::Local { cluster, dir } => Ok(crate::cmd::local::waypoint::config_dir(cluster, dir)?),
+            Place::Local { cluster, dir } => {
+                Ok(crate::cmd::local::waypoint::config_dir(cluster, dir)?)
+            }
             Place::Files { config_dir, .. } => Ok(config_dir.clone()),
         }
     }
@@ -94,7 +99,10 @@ pub fn gateway_yaml(ns: &str, name: &str, waypoint_for: &str) -> String {
 }
 
 fn condition<'a>(s: &'a Value, kind: &str) -> Option<&'a Value> {
-    s["conditions"].as_array()?.iter().find(|c| c["type"] == kind)
+    s["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)
 }
 
 fn programmed(s: &Value) -> bool {
@@ -114,9 +122,21 @@ pub fn run(a: &WaypointArgs, ctx: &Ctx<'_>, out: &mut dyn Write) -> Result<(), E
             std::fs::write(&tmp, &yaml).and_then(|()| std::fs::rename(&tmp, &file))?;
             writeln!(out, "waypoint {ns}/{} applied", ap.name)?;
             if let Place::Local { cluster, dir } = &place {
-                crate::cmd::local::waypoint::start(cluster, dir, &ns, &ap.name, &mut std::io::sink())?;
+                crate::cmd::local::waypoint::start(
+                    cluster,
+                    dir,
+                    &ns,
+                    &ap.name,
+                    &mut std::io::sink(),
+                )?;
                 if ap.enroll_namespace {
-                    crate::cmd::local::waypoint::label_namespace(cluster, dir, &ns, Some(&ap.name), &mut std::io::sink())?;
+                    crate::cmd::local::waypoint::label_namespace(
+                        cluster,
+                        dir,
+                        &ns,
+                        Some(&ap.name),
+                        &mut std::io::sink(),
+                    )?;
                     writeln!(out, "namespace {ns} labelled with the waypoint {}", ap.name)?;
                 }
             } else if ap.enroll_namespace {
@@ -129,7 +149,9 @@ pub fn run(a: &WaypointArgs, ctx: &Ctx<'_>, out: &mut dyn Write) -> Result<(), E
                 let start = Instant::now();
                 loop {
                     let st = place.statuses(ctx.timeout)?;
-                    let mine = st.iter().find(|s| s["namespace"] == ns.as_str() && s["name"] == ap.name.as_str());
+                    let mine = st
+                        .iter()
+                        .find(|s| s["namespace"] == ns.as_str() && s["name"] == ap.name.as_str());
                     if mine.is_some_and(programmed) {
                         writeln!(out, "waypoint {ns}/{} is ready", ap.name)?;
                         break;
@@ -154,7 +176,9 @@ pub fn run(a: &WaypointArgs, ctx: &Ctx<'_>, out: &mut dyn Write) -> Result<(), E
         }
         WaypointCommand::Delete(d) => {
             if d.names.is_empty() && !d.all {
-                return Err(Error::Usage("name the waypoints to delete, or --all".into()));
+                return Err(Error::Usage(
+                    "name the waypoints to delete, or --all".into(),
+                ));
             }
             let dir = place.config_dir()?;
             let names: Vec<String> = if d.all {
@@ -180,7 +204,13 @@ pub fn run(a: &WaypointArgs, ctx: &Ctx<'_>, out: &mut dyn Write) -> Result<(), E
                     Err(e) => return Err(e.into()),
                 }
                 if let Place::Local { cluster, dir } = &place {
-                    crate::cmd::local::waypoint::stop(cluster, dir, &ns, &name, &mut std::io::sink())?;
+                    crate::cmd::local::waypoint::stop(
+                        cluster,
+                        dir,
+                        &ns,
+                        &name,
+                        &mut std::io::sink(),
+                    )?;
                 }
             }
             Ok(())
@@ -220,7 +250,10 @@ pub fn run(a: &WaypointArgs, ctx: &Ctx<'_>, out: &mut dyn Write) -> Result<(), E
             let all = place.statuses(ctx.timeout)?;
             let shown: Vec<&Value> = all
                 .iter()
-                .filter(|s| s["namespace"] == ns.as_str() && st.name.as_ref().is_none_or(|n| s["name"] == n.as_str()))
+                .filter(|s| {
+                    s["namespace"] == ns.as_str()
+                        && st.name.as_ref().is_none_or(|n| s["name"] == n.as_str())
+                })
                 .collect();
             if !matches!(st.output, Format::Table | Format::Wide) {
                 return write_data(out, st.output, &shown);
@@ -262,10 +295,19 @@ mod tests {
         let y = gateway_yaml("app", "waypoint", "service");
         let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(&y).expect("yaml");
         assert_eq!(v["kind"].as_str(), Some("Gateway"));
-        assert_eq!(v["spec"]["gatewayClassName"].as_str(), Some("istio-waypoint"));
+        assert_eq!(
+            v["spec"]["gatewayClassName"].as_str(),
+            Some("istio-waypoint")
+        );
         assert_eq!(v["spec"]["listeners"][0]["port"].as_u64(), Some(15008));
-        assert_eq!(v["spec"]["listeners"][0]["protocol"].as_str(), Some("HBONE"));
-        assert_eq!(v["metadata"]["labels"]["istio.io/waypoint-for"].as_str(), Some("service"));
+        assert_eq!(
+            v["spec"]["listeners"][0]["protocol"].as_str(),
+            Some("HBONE")
+        );
+        assert_eq!(
+            v["metadata"]["labels"]["istio.io/waypoint-for"].as_str(),
+            Some("service")
+        );
     }
 
     #[test]
@@ -274,7 +316,8 @@ mod tests {
             {"type": "Accepted", "status": "True"},
             {"type": "Programmed", "status": "False"}]});
         assert!(!programmed(&s));
-        let s: Value = serde_json::json!({"conditions": [{"type": "Programmed", "status": "True"}]});
+        let s: Value =
+            serde_json::json!({"conditions": [{"type": "Programmed", "status": "True"}]});
         assert!(programmed(&s));
     }
 }
