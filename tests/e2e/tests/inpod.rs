@@ -183,11 +183,25 @@ fn with_cluster(nodes: u8, body: impl FnOnce(&LocalCluster) -> anyhow::Result<()
     }
     let c = cluster(nodes).expect("cluster");
     if let Err(e) = body(&c) {
-        if let Ok(entries) = std::fs::read_dir(c.dir.join("logs")) {
-            for e in entries.flatten() {
-                let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        let mut logs: Vec<std::path::PathBuf> = std::fs::read_dir(c.dir.join("logs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        // Each pod's own output (apps, waypoints) too.
+        for pod in std::fs::read_dir(c.dir.join("pods"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            logs.push(pod.path().join("app.log"));
+        }
+        {
+            for e in logs.iter().filter(|p| p.exists()) {
+                let text = std::fs::read_to_string(e).unwrap_or_default();
                 let tail: Vec<&str> = text.lines().rev().take(60).collect();
-                eprintln!("===== {} (last lines) =====", e.path().display());
+                eprintln!("===== {} (last lines) =====", e.display());
                 for l in tail.iter().rev() {
                     eprintln!("{l}");
                 }
@@ -944,6 +958,73 @@ fn grpcroute_routes_grpc_calls_by_method_through_the_waypoint() {
                 && l.contains("grpc_response_status=\"5\"")),
             "no grpc_response_status=\"5\" series: {m}"
         );
+        Ok(())
+    });
+}
+
+/// Through a waypoint, an HTTP/1.1 Upgrade (what WebSocket uses) switches to a byte stream
+/// both ways, and a non-HTTP service port is relayed as plain TCP.
+#[test]
+fn waypoint_passes_upgrades_and_relays_non_http_ports() {
+    with_cluster(1, |c| {
+        let app = repo_root().join("tests/e2e/python/upgrade_echo.py");
+        let app = app.to_string_lossy().into_owned();
+        c.ok(&[
+            "pod", "add", "echo", "-n", "demo", "--sa", "echo", "--node", "node-1", "--label",
+            "app=echo", "--", "python3", &app, "serve", "--port", "7070", "--port", "7071",
+        ])?;
+        pod(c, "demo", "client", "node-1", &[], false)?;
+        write_config(
+            c,
+            "service.demo.echo.yaml",
+            "apiVersion: v1\nkind: Service\nmetadata: {name: echo, namespace: demo}\nspec:\n  selector: {app: echo}\n  clusterIP: 10.96.0.40\n  ports:\n  - {name: http-ws, port: 7070, targetPort: 7070}\n  - {name: tcp-echo, port: 7071, targetPort: 7071}\n",
+        )?;
+        c.cli(&[
+            "waypoint",
+            "-n",
+            "demo",
+            "apply",
+            "--enroll-namespace",
+            "--wait",
+        ])?;
+        let run = |mode: &str, target: &str, data: &str| -> anyhow::Result<String> {
+            let out = LocalCluster::in_netns(
+                &pod_netns(c, "demo", "client"),
+                &["python3", &app, mode, "--target", target, "--data", data],
+            )?;
+            anyhow::ensure!(
+                out.status.success(),
+                "{mode} {target}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        };
+        poll(
+            "an upgraded stream echoed through the waypoint",
+            Duration::from_secs(20),
+            || {
+                Ok(run("upgrade", "10.96.0.40:7070", "hello-upgrade")?
+                    .eq("hello-upgrade")
+                    .then_some(()))
+            },
+        )?;
+        let echoed = run("raw", "10.96.0.40:7071", "hello-tcp")?;
+        anyhow::ensure!(
+            echoed == "hello-tcp",
+            "raw TCP through the waypoint echoed {echoed:?}"
+        );
+        // Both went through the waypoint: ztunnel sent the client's connections to it.
+        let zm = metrics(c, "node-1")?;
+        let to_wp = opened(
+            &zm,
+            &[
+                "reporter=\"source\"",
+                "source_principal=\"spiffe://cluster.local/ns/demo/sa/client\"",
+                "destination_principal=\"spiffe://cluster.local/ns/demo/sa/waypoint\"",
+            ],
+        );
+        anyhow::ensure!(to_wp >= 2.0, "client -> waypoint connections: {to_wp}");
         Ok(())
     });
 }
