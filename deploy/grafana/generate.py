@@ -1,15 +1,14 @@
 #!/usr/bin/env python3
 """Generates the Grafana dashboards in this directory (mesh, service, workload, ztunnel,
-control-plane .json). The JSON files are what ships; this script is their source, so the five
+waypoint, control-plane .json). The JSON files are what ships; this script is their source, so the six
 dashboards share one layout, one datasource variable and one set of conventions:
 
 - Istio's metric names and labels only, so Istio users' queries and alerts keep working;
 - every rate over `$__rate_interval`; a `datasource` variable (type prometheus) on every panel;
 - mTLS vs plaintext split by `connection_security_policy` (`mutual_tls` vs anything else:
   ztunnel reports `unknown` for plaintext, sidecars `none`);
-- panels that need a component that does not exist yet carry a marker in their title
-  (`[L7 · waypoint]`) and live in a collapsed row; tests/dashboards/run.py skips them by the
-  metrics they name until a component exports those metrics.
+- HTTP/gRPC (L7) panels use the waypoint's metrics (`reporter="waypoint"`): they show traffic to
+  services that use a waypoint (`istio.io/use-waypoint`) and stay empty for plain L4 traffic.
 
     python3 deploy/grafana/generate.py          # rewrite the JSON files
     python3 deploy/grafana/generate.py --check  # exit 1 if a JSON file differs from this script
@@ -22,10 +21,9 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 R = "$__rate_interval"
 DS = {"type": "prometheus", "uid": "${datasource}"}
-L7 = "[L7 · waypoint]"
 L7_NOTE = (
-    "Needs a waypoint (L7 proxy, issue 4): no component exports this metric yet, so the panel "
-    "stays empty until waypoints are deployed. "
+    "Reported by waypoints (reporter=waypoint): only requests to services that use a waypoint "
+    "(istio.io/use-waypoint) are counted. "
 )
 TAGS = ["ambient-rs", "istio"]
 # Label matchers appended to a selector (constants: f-string expressions cannot hold backslashes).
@@ -320,22 +318,22 @@ OPEN_DESC = "Opened minus closed connections (Istio has no gauge for open TCP co
 
 
 def l7_row(sel, by_label, who):
-    """The collapsed L7 row (waypoint metrics). `sel` selects the traffic, `by_label` splits it."""
+    """The L7 row (waypoint metrics). `sel` selects the traffic, `by_label` splits it."""
     d = lambda s: L7_NOTE + s  # noqa: E731
     q = lambda p: f"histogram_quantile({p}, sum by (le) ({rate('istio_request_duration_milliseconds_bucket', sel)}))"  # noqa: E731
     return row(
-        f"HTTP/gRPC requests {L7} (collapsed: needs waypoints, issue 4)",
+        "HTTP/gRPC requests (through waypoints)",
         [
-            ts(f"{L7} Requests by {who}", [(f"round(sum by ({by_label}, response_code) ({rate('istio_requests_total', sel)}), 0.001)", f"{{{{{by_label}}}}} {{{{response_code}}}}")], "reqps", d("Requests per second, by response code.")),
+            ts(f"Requests by {who}", [(f"round(sum by ({by_label}, response_code) ({rate('istio_requests_total', sel)}), 0.001)", f"{{{{{by_label}}}}} {{{{response_code}}}}")], "reqps", d("Requests per second, by response code.")),
             ts(
-                f"{L7} Success rate (non-5xx) by {who}",
+                f"Success rate (non-5xx) by {who}",
                 [(f"sum by ({by_label}) ({rate('istio_requests_total', sel + NOT_5XX)}) / sum by ({by_label}) ({rate('istio_requests_total', sel)})", f"{{{{{by_label}}}}}")],
                 "percentunit",
                 d("Share of requests not answered with a 5xx."),
             ),
-            ts(f"{L7} Request duration", [(q(0.5), "P50"), (q(0.9), "P90"), (q(0.99), "P99")], "ms", d("istio_request_duration_milliseconds quantiles.")),
+            ts("Request duration", [(q(0.5), "P50"), (q(0.9), "P90"), (q(0.99), "P99")], "ms", d("istio_request_duration_milliseconds quantiles.")),
             ts(
-                f"{L7} Request and response sizes (P90)",
+                "Request and response sizes (P90)",
                 [
                     (f"histogram_quantile(0.9, sum by (le) ({rate('istio_request_bytes_bucket', sel)}))", "request P90"),
                     (f"histogram_quantile(0.9, sum by (le) ({rate('istio_response_bytes_bucket', sel)}))", "response P90"),
@@ -344,7 +342,6 @@ def l7_row(sel, by_label, who):
                 d("istio_request_bytes / istio_response_bytes quantiles."),
             ),
         ],
-        collapsed=True,
     )
 
 
@@ -417,14 +414,14 @@ def mesh():
                 ],
             ),
             row(
-                f"HTTP/gRPC {L7} (collapsed: needs waypoints, issue 4)",
+                "HTTP/gRPC (through waypoints)",
                 [
-                    stat(f"{L7} Request volume", f"round(sum({rate('istio_requests_total', l7)}), 0.001)", "reqps", L7_NOTE, w=6),
-                    stat(f"{L7} Success rate (non-5xx)", f"sum({rate('istio_requests_total', l7 + NOT_5XX)}) / sum({rate('istio_requests_total', l7)})", "percentunit", L7_NOTE, w=6),
-                    stat(f"{L7} 4xx/s", f"sum({rate('istio_requests_total', l7 + IS_4XX)})", "reqps", L7_NOTE, w=6),
-                    stat(f"{L7} 5xx/s", f"sum({rate('istio_requests_total', l7 + IS_5XX)})", "reqps", L7_NOTE, w=6),
+                    stat("Request volume", f"round(sum({rate('istio_requests_total', l7)}), 0.001)", "reqps", L7_NOTE, w=6),
+                    stat("Success rate (non-5xx)", f"sum({rate('istio_requests_total', l7 + NOT_5XX)}) / sum({rate('istio_requests_total', l7)})", "percentunit", L7_NOTE, w=6),
+                    stat("4xx/s", f"sum({rate('istio_requests_total', l7 + IS_4XX)})", "reqps", L7_NOTE, w=6),
+                    stat("5xx/s", f"sum({rate('istio_requests_total', l7 + IS_5XX)})", "reqps", L7_NOTE, w=6),
                     table(
-                        f"{L7} HTTP/gRPC workloads",
+                        "HTTP/gRPC workloads",
                         [
                             ("Requests/s", f"sum by ({by_wl}) ({rate('istio_requests_total', l7)})", "reqps"),
                             ("P50 latency", f"histogram_quantile(0.5, sum by (le, {by_wl}) ({rate('istio_request_duration_milliseconds_bucket', l7)}))", "ms"),
@@ -436,14 +433,15 @@ def mesh():
                         L7_NOTE,
                     ),
                 ],
-                collapsed=True,
             ),
         ],
     )
 
 
 def service():
-    sel = 'reporter="destination",destination_service="$service",source_workload_namespace=~"$srcns",source_workload=~"$srcwl"'
+    # The clients' ztunnels (reporter=source) know the service a client dialled even when a waypoint
+    # sits in between; the destination ztunnel then only sees the waypoint's connection to a pod.
+    sel = 'reporter="source",destination_service="$service",source_workload_namespace=~"$srcns",source_workload=~"$srcwl"'
     any_rep = 'destination_service="$service",source_workload_namespace=~"$srcns",source_workload=~"$srcwl"'
     src_rep = 'reporter="source",' + any_rep
     client = "source_workload, source_workload_namespace"
@@ -451,11 +449,12 @@ def service():
     return dashboard(
         "ambient-rs-service",
         "ambient-rs / Service",
-        "One service's clients and endpoints (L4), as reported by the ztunnel next to the destination unless a panel says otherwise.",
+        "One service's clients and endpoints (L4), as reported by the clients' ztunnels (reporter=source) unless a panel says otherwise: "
+        "they know the service a client dialled even when the service uses a waypoint (then the endpoint is the waypoint, and its HTTP/gRPC requests are in the waypoint row).",
         [
-            query_var("service", "Service", 'label_values(istio_tcp_connections_opened_total{reporter="destination",destination_service!="unknown"}, destination_service)'),
-            query_var("srcns", "Client namespace", 'label_values(istio_tcp_connections_opened_total{reporter="destination",destination_service="$service"}, source_workload_namespace)', all_value=".*"),
-            query_var("srcwl", "Client workload", 'label_values(istio_tcp_connections_opened_total{reporter="destination",destination_service="$service",source_workload_namespace=~"$srcns"}, source_workload)', all_value=".*"),
+            query_var("service", "Service", 'label_values(istio_tcp_connections_opened_total{reporter="source",destination_service!="unknown"}, destination_service)'),
+            query_var("srcns", "Client namespace", 'label_values(istio_tcp_connections_opened_total{reporter="source",destination_service="$service"}, source_workload_namespace)', all_value=".*"),
+            query_var("srcwl", "Client workload", 'label_values(istio_tcp_connections_opened_total{reporter="source",destination_service="$service",source_workload_namespace=~"$srcns"}, source_workload)', all_value=".*"),
         ],
         [
             row(
@@ -466,7 +465,7 @@ def service():
                     stat("Bytes received/s", f"sum({rate('istio_tcp_received_bytes_total', sel)})", "Bps", "From clients.", w=4),
                     stat("Bytes sent/s", f"sum({rate('istio_tcp_sent_bytes_total', sel)})", "Bps", "To clients.", w=4),
                     stat("Open connections", open_conns(sel), "short", OPEN_DESC, w=4),
-                    stat("Failed connections/s", f"sum({rate('istio_tcp_connections_failed_total', src_rep)})", "cps", "As seen by the clients' ztunnels (reporter=source). " + FLAG_DESC, w=4, decimals=2),
+                    stat("Failed connections/s", f"sum({rate('istio_tcp_connections_failed_total', src_rep)})", "cps", "As seen by the clients' ztunnels (reporter=source); a stopped waypoint shows here as CONNECT. " + FLAG_DESC, w=4, decimals=2),
                 ],
             ),
             row(
@@ -488,7 +487,7 @@ def service():
             row(
                 "Endpoints (destination workloads)",
                 [
-                    ts("Connections by destination workload", [(f"sum by (destination_workload, destination_workload_namespace, destination_version) ({rate('istio_tcp_connections_opened_total', sel)})", "{{destination_workload}}.{{destination_workload_namespace}} {{destination_version}}")], "cps", "How the service's connections spread over its endpoints."),
+                    ts("Connections by destination workload", [(f"sum by (destination_workload, destination_workload_namespace, destination_version) ({rate('istio_tcp_connections_opened_total', sel)})", "{{destination_workload}}.{{destination_workload_namespace}} {{destination_version}}")], "cps", "How the service's connections spread over its endpoints (for a service with a waypoint: the waypoint pods)."),
                     ts(
                         "Bytes by destination workload",
                         [
@@ -735,11 +734,126 @@ def control_plane():
     )
 
 
+WP_DESC = (
+    "Requests handled by waypoints (reporter=waypoint): HTTP/1.1, HTTP/2 and gRPC to services that use a waypoint "
+    "(istio.io/use-waypoint). response_code 0 = no response (reset)."
+)
+RESP_FLAG_DESC = (
+    "Envoy/Istio response flags set by the waypoint: - (none), NR (no route), UH (no healthy endpoint), UF (upstream connect failure), "
+    "UC (upstream reset), UT (timeout), URX (retries exhausted), DC (downstream reset), UO (pool overflow), FI/DI (fault injection)."
+)
+
+
+def waypoint():
+    w = 'instance=~"$waypoint"'
+    wb = 'component="waypoint",' + w
+    sel = 'reporter="waypoint",' + w + ',destination_service=~"$service"'
+    on_wp = f" * on (instance) group_left istio_build{{{wb}}}"
+    q = lambda p, by="": f"histogram_quantile({p}, sum by (le{', ' + by if by else ''}) ({rate('istio_request_duration_milliseconds_bucket', sel)}))"  # noqa: E731
+    size = lambda m, p, by="": f"histogram_quantile({p}, sum by (le{', ' + by if by else ''}) ({rate(m, sel)}))"  # noqa: E731
+    req = lambda extra="": rate("istio_requests_total", sel + extra)  # noqa: E731
+    return dashboard(
+        "ambient-rs-waypoint",
+        "ambient-rs / Waypoint",
+        "The L7 proxies: HTTP/gRPC requests they route (Istio's istio_requests_total and histograms, reporter=waypoint), "
+        "response codes and flags, latency, sizes, callers, xDS and certificates.",
+        [
+            query_var("waypoint", "Waypoint", 'label_values(istio_build{component="waypoint"}, instance)', all_value=".*", desc="Scrape address (instance) of each waypoint."),
+            query_var("service", "Service", 'label_values(istio_requests_total{reporter="waypoint",instance=~"$waypoint"}, destination_service)', all_value=".*", desc="Destination service (hostname) of the requests."),
+        ],
+        [
+            row(
+                "Waypoint overview",
+                [
+                    stat("Waypoints", f"count(istio_build{{{wb}}})", "short", "Waypoint processes Prometheus scrapes.", w=3),
+                    stat("Versions", [(f"count by (tag) (istio_build{{{wb}}})", "{{tag}}")], "short", "Waypoints per version (tag).", text_mode="value_and_name", w=3),
+                    stat("Requests/s", f"round(sum({req()}), 0.001)", "reqps", WP_DESC, w=3),
+                    stat("Success rate (non-5xx)", f"sum({req(NOT_5XX)}) / sum({req()})", "percentunit", "Share of requests not answered with a 5xx.", 1, w=3),
+                    stat("4xx/s", f"sum({req(IS_4XX)})", "reqps", decimals=3, w=3),
+                    stat("5xx/s", f"sum({req(IS_5XX)})", "reqps", decimals=3, w=3),
+                    stat("P99 duration", q(0.99), "ms", "istio_request_duration_milliseconds P99, all services.", w=3),
+                    stat("Services routed", f"count(count by (destination_service) (istio_requests_total{{{sel}}}))", "short", "Destination services with requests.", w=3),
+                ],
+            ),
+            row(
+                "Requests",
+                [
+                    ts("Requests by service and response code", [(f"round(sum by (destination_service, response_code) ({req()}), 0.001)", "{{destination_service}} {{response_code}}")], "reqps", WP_DESC),
+                    ts("Success rate (non-5xx) by service", [(f"sum by (destination_service) ({req(NOT_5XX)}) / sum by (destination_service) ({req()})", "{{destination_service}}")], "percentunit", "Share of requests not answered with a 5xx."),
+                    ts("Requests by response flags", [(f"sum by (destination_service, response_flags) ({req()})", "{{destination_service}} {{response_flags}}")], "reqps", RESP_FLAG_DESC),
+                    ts("Requests by protocol", [(f"sum by (request_protocol) ({req()})", "{{request_protocol}}")], "reqps", "http (HTTP/1.1 and HTTP/2) or grpc."),
+                ],
+            ),
+            row(
+                "Latency",
+                [
+                    ts("Request duration", [(q(0.5), "P50"), (q(0.9), "P90"), (q(0.99), "P99")], "ms", "istio_request_duration_milliseconds quantiles, all selected services: from the request's first byte to the response's last."),
+                    ts("Request duration P90 by service", [(q(0.9, "destination_service"), "{{destination_service}}")], "ms"),
+                ],
+            ),
+            row(
+                "Sizes",
+                [
+                    ts(
+                        "Request sizes",
+                        [
+                            (size("istio_request_bytes_bucket", 0.5), "P50"),
+                            (size("istio_request_bytes_bucket", 0.9), "P90"),
+                            (size("istio_request_bytes_bucket", 0.99), "P99"),
+                        ],
+                        "bytes",
+                        "istio_request_bytes quantiles (request body; buckets are decades, 1 B to 1 GB).",
+                    ),
+                    ts(
+                        "Response sizes",
+                        [
+                            (size("istio_response_bytes_bucket", 0.5), "P50"),
+                            (size("istio_response_bytes_bucket", 0.9), "P90"),
+                            (size("istio_response_bytes_bucket", 0.99), "P99"),
+                        ],
+                        "bytes",
+                        "istio_response_bytes quantiles (response body; buckets are decades, 1 B to 1 GB).",
+                    ),
+                ],
+            ),
+            row(
+                "Callers (by source principal)",
+                [
+                    table(
+                        "Requests by source principal",
+                        [
+                            ("Requests/s", f"sum by (source_principal, destination_service) ({req()})", "reqps"),
+                            ("Success rate", f"sum by (source_principal, destination_service) ({req(NOT_5XX)}) / sum by (source_principal, destination_service) ({req()})", "percentunit"),
+                            ("P90 duration", f"histogram_quantile(0.9, sum by (le, source_principal, destination_service) ({rate('istio_request_duration_milliseconds_bucket', sel)}))", "ms"),
+                        ],
+                        "source_principal, destination_service",
+                        "The mTLS identity of each caller (the HBONE peer of the waypoint), per destination service.",
+                        w=12,
+                    ),
+                    ts("Requests by source principal and response code", [(f"sum by (source_principal, response_code) ({req()})", "{{source_principal}} {{response_code}}")], "reqps", "The mTLS identity of the caller (the HBONE peer of the waypoint)."),
+                ],
+            ),
+            row(
+                "xDS, certificates and errors",
+                [
+                    ts("xDS messages received by type", [(f"sum by (instance, url) ({rate('istio_xds_message_total', w)}{on_wp})", "{{instance}} {{url}}")], "short", "Route (ServiceRoutes) and address pushes from istiod-lite.", w=8),
+                    ts("xDS bytes received by type", [(f"sum by (instance, url) ({rate('istio_xds_message_bytes_total', w)}{on_wp})", "{{instance}} {{url}}")], "Bps", w=8),
+                    ts("xDS connection terminations by reason", [(f"sum by (instance, reason) (increase(istio_xds_connection_terminations_total{{{w}}}[{R}]){on_wp})", "{{instance}} {{reason}}")], "short", "Streams to the control plane that ended; the waypoint keeps routing with its last good config meanwhile.", w=8),
+                    ts("Certificates fetched", [(f"sum by (instance) ({rate('waypoint_certificates_issued_total', w)})", "{{instance}}")], "short", "The waypoint's own certificate (first fetch and rotation at half life).", w=8),
+                    ts("Rejected HBONE streams by reason", [(f"sum by (instance, reason) ({rate('waypoint_rejected_streams_total', w)})", "{{instance}} {{reason}}")], "short", "unknown_authority (503 at the CONNECT), not_connect (400), tls (failed mTLS handshake).", w=8),
+                    ts("Retries by outcome", [(f"sum by (instance, outcome) ({rate('waypoint_retries_total', w)})", "{{instance}} {{outcome}}")], "short", "sent = retries made (503, connect failures, route retry policies); budget_exhausted = retries skipped by the retry budget.", w=8),
+                ],
+            ),
+        ],
+    )
+
+
 DASHBOARDS = {
     "mesh.json": mesh,
     "service.json": service,
     "workload.json": workload,
     "ztunnel.json": ztunnel,
+    "waypoint.json": waypoint,
     "control-plane.json": control_plane,
 }
 

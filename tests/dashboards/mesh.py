@@ -1,5 +1,5 @@
-"""The local mesh the dashboard test runs: istiod-lite, two ztunnels, a server app, a listener
-outside the mesh and a real Prometheus, all on loopback, all stopped on exit.
+"""The local mesh the dashboard test runs: istiod-lite, two ztunnels, the waypoint of namespace
+demo-b, a server app, a listener outside the mesh and a real Prometheus, all on loopback, all stopped on exit.
 
 Pod and service addresses follow the end-to-end tests (pods 127.0.1.x, VIPs 127.0.2.x, outside
 the mesh 127.0.3.x); the components' own ports are free ports on 127.0.0.1x. Pod addresses are
@@ -24,8 +24,13 @@ CLIENT_IP = "127.0.1.1"  # pod demo-a/client on node1
 SERVER_IP = "127.0.1.2"  # pod demo-b/server on node2
 SERVER_VIP = "127.0.2.1"  # service demo-b/server, port 80 -> 8080
 SERVER_PORT = 8080
+WAYPOINT_IP = "127.0.1.30"  # pod demo-b/waypoint-0: the waypoint of namespace demo-b (no ztunnel node)
+WAYPOINT_NS, WAYPOINT_NAME = "demo-b", "waypoint"
 OUTSIDE_IP = "127.0.3.1"  # a TCP service outside the mesh (passthrough, plaintext)
 HBONE_PORT = 15008
+
+# Scrape path by Prometheus job (default /metrics): the waypoint's is Istio's /stats/prometheus.
+METRICS_PATH = {"waypoint": "/stats/prometheus"}
 
 LOCK_NAME = b"\0ambient-rs/mesh-e2e/loopback"
 
@@ -109,24 +114,90 @@ kind: Service
 metadata:
   name: server
   namespace: demo-b
+  labels:
+    # HTTP on port 80 goes through the namespace's waypoint (L7 metrics, reporter="waypoint").
+    istio.io/use-waypoint: waypoint
 spec:
   selector:
     app: server
   clusterIP: 127.0.2.1
   ports:
-  - name: tcp
+  - name: http
     port: 80
     targetPort: 8080
-    appProtocol: tcp
-  # Misconfigured on purpose: nothing listens on 8081, so connections to port 81 fail at the
-  # endpoint (response flag CONNECT), which gives the failure panels data.
+    appProtocol: http
+  # Misconfigured on purpose: nothing listens on 8081, so connections to port 81 (relayed as TCP
+  # by the waypoint) fail at the endpoint (response flag CONNECT, reported by node2's ztunnel),
+  # which gives the inbound failure panels data.
   - name: admin
     port: 81
     targetPort: 8081
     appProtocol: tcp
 """,
+    "waypoint.yaml": """\
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: waypoint
+  namespace: demo-b
+  labels:
+    istio.io/waypoint-for: service
+spec:
+  gatewayClassName: istio-waypoint
+  listeners:
+  - name: mesh
+    port: 15008
+    protocol: HBONE
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: waypoint
+  namespace: demo-b
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: waypoint-0
+  namespace: demo-b
+  labels:
+    gateway.networking.k8s.io/gateway-name: waypoint
+spec:
+  # A node without a ztunnel: the waypoint terminates HBONE itself.
+  nodeName: wpnode
+  serviceAccountName: waypoint
+  containers:
+  - name: istio-proxy
+    image: local/waypoint
+status:
+  podIP: 127.0.1.30
+  conditions:
+  - type: Ready
+    status: "True"
+---
+# Every request to server:80 goes to the server, and a 503 is retried once (waypoint_retries_total,
+# response flag URX when the retry gets a 503 too).
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: server
+  namespace: demo-b
+spec:
+  parentRefs:
+  - group: ""
+    kind: Service
+    name: server
+    port: 80
+  rules:
+  - backendRefs:
+    - name: server
+      port: 80
+    retry:
+      attempts: 2
+      codes: [503]
+      backoff: 1ms
+""",
 }
-
 
 
 def extra_client(n):
@@ -270,9 +341,14 @@ class Proc:
         return "\n".join(lines[-n:])
 
 
+STATUS_TEXT = {200: b"OK", 404: b"Not Found", 500: b"Internal Server Error", 503: b"Service Unavailable"}
+
+
 class _Handler(socketserver.BaseRequestHandler):
-    """Reads one request (up to a blank line or EOF) and answers with a fixed-size body. A client
-    that never finishes its request holds the connection open (the open-connection panels)."""
+    """Reads one request (up to a blank line or EOF) and answers with a fixed-size body, status
+    200, or the status a `/status/<code>` path names (404, 500, 503: the non-2xx responses the
+    success-rate panels need). A client that never finishes its request, or a request for
+    `/hold` (the app never answers it), holds the connection open (the open-connection panels)."""
 
     def handle(self):
         data = b""
@@ -283,8 +359,20 @@ class _Handler(socketserver.BaseRequestHandler):
                 if not chunk:
                     break
                 data += chunk
+            parts = data.split(b"\r\n", 1)[0].split(b" ")
+            path = parts[1] if len(parts) > 1 else b"/"
+            if path == b"/hold":
+                while self.request.recv(65536):
+                    pass
+                return
+            code = 200
+            if path.startswith(b"/status/"):
+                try:
+                    code = int(path[len(b"/status/"):])
+                except ValueError:
+                    code = 400
             body = b"x" * 4096
-            self.request.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+            self.request.sendall(b"HTTP/1.1 %d %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (code, STATUS_TEXT.get(code, b"Status"), len(body), body))
         except OSError:
             pass
 
@@ -317,6 +405,7 @@ class Mesh:
         self.ztunnels = {}
         for node, ip in NODE_IPS.items():
             self.ztunnels[node] = {k: f"{ip}:{free_port(ip)}" for k in ("admin", "stats", "readiness", "socks5")}
+        self.waypoint = {k: f"{WAYPOINT_IP}:{free_port(WAYPOINT_IP)}" for k in ("admin", "stats", "readiness")}
         self.outside_port = free_port(OUTSIDE_IP)
         self.prometheus_addr = f"{ISTIOD_IP}:{free_port(ISTIOD_IP)}"
 
@@ -392,14 +481,52 @@ class Mesh:
     def wait_ztunnel(self, node):
         self._wait_ready(f"ztunnel-{node}", f"http://{self.ztunnels[node]['readiness']}/healthz/ready")
 
+    def start_waypoint(self):
+        """The waypoint of namespace demo-b (Gateway demo-b/waypoint) on its pod IP, as
+        docs/waypoint.md runs one in local mode: plaintext xDS, a waypoint token."""
+        token = subprocess.run(
+            [os.path.join(self.bin_dir, "istiod-lite"), "waypoint-token", "--state-dir", self.state_dir,
+             "--namespace", WAYPOINT_NS, "--gateway", WAYPOINT_NAME],
+            check=True, capture_output=True, text=True,
+        ).stdout
+        path = os.path.join(self.dir, "waypoint.token")
+        with open(path, "w") as f:
+            f.write(token)
+        w = self.waypoint
+        self._spawn(
+            "waypoint",
+            [os.path.join(self.bin_dir, "waypoint")],
+            {
+                "XDS_ADDRESS": f"http://{self.istiod['xds_plaintext']}",
+                "AUTH_TOKEN": path,
+                "POD_NAMESPACE": WAYPOINT_NS,
+                "GATEWAY_NAME": WAYPOINT_NAME,
+                "POD_NAME": f"{WAYPOINT_NAME}-0",
+                "INSTANCE_IP": WAYPOINT_IP,
+                "LISTEN_ADDR": f"{WAYPOINT_IP}:{HBONE_PORT}",
+                "STATS_ADDR": w["stats"],
+                "READINESS_ADDR": w["readiness"],
+                "ADMIN_ADDR": w["admin"],
+                "RUST_LOG": "info",
+            },
+        )
+
+    def stop_waypoint(self):
+        self.procs.pop("waypoint").stop()
+
+    def wait_waypoint(self):
+        self._wait_ready("waypoint", f"http://{self.waypoint['readiness']}/healthz/ready")
+
     def start(self):
         for name, text in CONFIG.items():
             self.write_config(name, text)
         self.start_istiod()
         for node in self.ztunnels:
             self.start_ztunnel(node)
+        self.start_waypoint()
         for node in self.ztunnels:
             self.wait_ztunnel(node)
+        self.wait_waypoint()
         self.servers.append(start_app(SERVER_IP, SERVER_PORT))
         self.servers.append(start_app(OUTSIDE_IP, self.outside_port))
 
@@ -415,6 +542,8 @@ class Mesh:
         """(job, address) of every component's /metrics."""
         out = [("istiod-lite", self.istiod["monitoring"])]
         out += [("ztunnel", z["stats"]) for z in self.ztunnels.values()]
+        # The waypoint serves the same page on /stats/prometheus (Istio's path) and /metrics.
+        out.append(("waypoint", self.waypoint["stats"]))
         return out
 
     def start_prometheus(self):
@@ -433,7 +562,7 @@ class Mesh:
         for job, addrs in jobs.items():
             lines += [
                 f"- job_name: {job}",
-                "  metrics_path: /metrics",
+                f"  metrics_path: {METRICS_PATH.get(job, '/metrics')}",
                 "  static_configs:",
                 "  - targets: [" + ", ".join(f"'{a}'" for a in addrs) + "]",
             ]

@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """Proves the Grafana dashboards in deploy/grafana/ against a real Prometheus.
 
-Starts istiod-lite and two ztunnels on loopback, a real Prometheus scraping every component each
-second, drives traffic and failures through the mesh, then runs every panel query of every
+Starts istiod-lite, two ztunnels and the waypoint of namespace demo-b on loopback, a real
+Prometheus scraping every component each second, drives traffic (HTTP through the waypoint
+included) and failures through the mesh, then runs every panel query of every
 dashboard (template variables resolved through their own queries, as Grafana would) against
 Prometheus's HTTP API. A query fails the test if Prometheus rejects it, returns no series, or
 names a metric that no component exports. Panels that need a component that does not exist yet
-(the waypoint, issue 4) are skipped by the metrics they name (PENDING below) and reported.
+are skipped by the metrics they name (PENDING below, empty today) and reported.
 
-    python3 tests/dashboards/run.py            # needs target/debug/{istiod-lite,ztunnel}
+    python3 tests/dashboards/run.py            # needs target/debug/{istiod-lite,ztunnel,waypoint}
     python3 tests/dashboards/run.py --keep     # keep the temp dir (logs, Prometheus data)
     python3 tests/dashboards/run.py --hold     # after the checks, keep everything running
     PROMETHEUS=/path/to/prometheus python3 tests/dashboards/run.py   # another binary
@@ -37,19 +38,14 @@ import traffic as T  # noqa: E402
 
 GRAFANA_DIR = os.path.join(ROOT, "deploy", "grafana")
 DOCS = os.path.join(ROOT, "docs", "metrics.md")
-DASHBOARDS = ["mesh.json", "service.json", "workload.json", "ztunnel.json", "control-plane.json"]
+DASHBOARDS = ["mesh.json", "service.json", "workload.json", "ztunnel.json", "waypoint.json", "control-plane.json"]
 
 # Metrics of components that do not exist yet. A panel naming one of them is skipped (its query
 # must still parse) until some component exports the metric; then it is checked like any other.
-PENDING = {
-    "waypoint (issue 4)": {
-        "istio_requests_total",
-        "istio_request_duration_milliseconds_bucket",
-        "istio_request_bytes_bucket",
-        "istio_response_bytes_bucket",
-    },
-}
-PENDING_MARKER = "[L7 · waypoint]"
+# Empty since the waypoint exports the L7 metrics (istio_requests_total, ...); e.g.
+#   PENDING = {"component (issue N)": {"metric_name", ...}}
+PENDING = {}
+PENDING_MARKER = "[pending]"
 
 # Variable values the scenario below gives data for, chosen when a variable's query offers them
 # (as a user would pick them from the drop-down). Other variables take their first value, or All.
@@ -60,7 +56,10 @@ PREFERRED = {
 }
 
 SERVICE_HOST = "server.demo-b.svc.cluster.local"
-HELD_CONNECTIONS = 3  # source+destination of client->server, source of server->outside
+# source of client->waypoint (node1), destination of waypoint->server (node2), source of
+# server->outside (node2): the waypoint has no ztunnel, so client->server counts once per hop.
+HELD_CONNECTIONS = 3
+HTTP_CLOSE = "GET {} HTTP/1.1\r\nHost: server.demo-b.svc.cluster.local\r\nConnection: close\r\n\r\n"
 
 
 def log(msg):
@@ -123,7 +122,7 @@ def static_checks(name, d):
             for r in P.range_durations(expr):
                 if r != "$__rate_interval":
                     bad.append(f"panel {title!r}: range [{r}] (use [$__rate_interval])")
-            pending = P.metric_names(expr) & set().union(*PENDING.values())
+            pending = P.metric_names(expr) & set().union(set(), *PENDING.values())
             if pending and PENDING_MARKER not in title:
                 bad.append(f"panel {title!r} uses {sorted(pending)} but its title lacks {PENDING_MARKER!r}")
     return bad
@@ -163,8 +162,20 @@ class Scenario:
         self.z1, self.z2 = mesh.ztunnels["node1"], mesh.ztunnels["node2"]
         self.held = []
 
-    def scrape(self, addr):
-        return P.parse_exposition(M.http_get(f"http://{addr}/metrics")[1])[0]
+    def scrape(self, addr, path="/metrics"):
+        return P.parse_exposition(M.http_get(f"http://{addr}{path}")[1])[0]
+
+    def waypoint_requests(self, **labels):
+        return P.total(self.scrape(self.m.waypoint["stats"], "/stats/prometheus"), "istio_requests_total", **labels)
+
+    def http(self, src_ip, host, path):
+        """One HTTP/1.1 request from pod `src_ip` through node1's ztunnel (SOCKS5) and the
+        waypoint; returns the status code."""
+        out = T.socks5_request(self.z1["socks5"], src_ip, host, 80, HTTP_CLOSE.format(path).encode(), half_close=False)
+        head = out.split(b"\r\n", 1)[0].split(b" ")
+        if len(head) < 2 or not head[0].startswith(b"HTTP/"):
+            raise M.TestError(f"no HTTP response from {host}:80{path} through the waypoint: {out[:200]!r}")
+        return int(head[1])
 
     def istiod_metric(self, name, **labels):
         return P.total(self.scrape(self.m.istiod["monitoring"]), name, **labels)
@@ -204,7 +215,7 @@ class Scenario:
         self.m.stop_istiod()
 
         def both_recorded():
-            r = self.prom.query("sum by (instance) (istio_xds_connection_terminations_total)")
+            r = self.prom.query('sum by (instance) (istio_xds_connection_terminations_total{job="ztunnel"})')
             return r if len(r) == len(self.m.ztunnels) else None
 
         seen = M.eventually("Prometheus to record both ztunnels' xDS terminations", both_recorded, timeout=30, interval=0.2)
@@ -218,9 +229,29 @@ class Scenario:
         self.wait_scraped_after("the reconnect attempts", job="ztunnel")
         log("control-plane outage: starting istiod-lite again (same state, same ports)")
         self.m.start_istiod()
-        M.eventually("both ztunnels to reconnect to istiod-lite", lambda: self.istiod_metric("pilot_xds") >= 2, timeout=60, interval=0.2)
+        M.eventually("both ztunnels and the waypoint to reconnect to istiod-lite", lambda: self.istiod_metric("pilot_xds") >= 3, timeout=60, interval=0.2)
         for node in self.m.ztunnels:
             self.m.wait_ztunnel(node)
+        self.m.wait_waypoint()
+
+    def waypoint_outage(self):
+        """The waypoint stops: connections to the service it serves fail at the client's ztunnel
+        (reporter=source, CONNECT), twice with a scrape between so the rate is positive; then it
+        comes back (same ports) and the scenario waits for its readiness."""
+        log("waypoint outage: stopping the waypoint, connecting to the service it serves")
+        self.m.stop_waypoint()
+
+        def failed():
+            return P.total(self.scrape(self.z1["stats"]), "istio_tcp_connections_failed_total", destination_service=SERVICE_HOST)
+
+        for i in range(2):
+            before = failed()
+            T.socks5_refused(self.z1["socks5"], M.CLIENT_IP, SERVICE_HOST, 80)
+            M.eventually("node1's ztunnel to count the failed connection", lambda: failed() > before, timeout=15)
+            self.wait_scraped_after(f"failed connection {i + 1} to the waypoint", job="ztunnel")
+        log("waypoint outage: starting the waypoint again")
+        self.m.start_waypoint()
+        self.m.wait_waypoint()
 
     def round(self, n):
         """One round of traffic and failures. Run twice: the first creates the series, the second
@@ -238,18 +269,29 @@ class Scenario:
         # the unknown source, which counts no connection).
         def new_pod_works():
             try:
-                return T.socks5_request(self.z1["socks5"], new_ip, SERVICE_HOST, 80)
-            except OSError:
+                return self.http(new_ip, SERVICE_HOST, "/") == 200
+            except (OSError, ValueError, M.TestError):
                 return None
 
         M.eventually(f"pod {new_ip} (client{n + 1}) to reach the server through the mesh", new_pod_works, timeout=30)
 
-        log(f"round {n}: connections (mTLS by name and VIP, plaintext to outside the mesh)")
+        log(f"round {n}: connections (HTTP through the waypoint by name and VIP, 404s and 500s; plaintext to outside the mesh)")
+        requests_before = self.waypoint_requests()
+        want = []
         for _ in range(5):
-            T.socks5_request(self.z1["socks5"], M.CLIENT_IP, SERVICE_HOST, 80)
+            want.append((self.http(M.CLIENT_IP, SERVICE_HOST, "/"), 200))
         for _ in range(2):
-            T.socks5_request(self.z1["socks5"], M.CLIENT_IP, M.SERVER_VIP, 80)
-        T.socks5_request(self.z1["socks5"], new_ip, SERVICE_HOST, 80)
+            want.append((self.http(M.CLIENT_IP, M.SERVER_VIP, "/"), 200))
+        want.append((self.http(new_ip, SERVICE_HOST, "/"), 200))
+        want.append((self.http(M.CLIENT_IP, SERVICE_HOST, "/status/404"), 404))
+        for _ in range(2):
+            want.append((self.http(M.CLIENT_IP, SERVICE_HOST, "/status/500"), 500))
+        # 503 is retried by the waypoint (Istio's default retry policy): waypoint_retries_total.
+        want.append((self.http(M.CLIENT_IP, SERVICE_HOST, "/status/503"), 503))
+        wrong = [(got, exp) for got, exp in want if got != exp]
+        if wrong:
+            raise M.TestError(f"unexpected HTTP status through the waypoint (got, expected): {wrong}")
+        M.eventually("the waypoint to count every request", lambda: self.waypoint_requests() >= requests_before + len(want), timeout=15)
         for _ in range(2):
             T.socks5_request(self.z1["socks5"], M.CLIENT_IP, M.OUTSIDE_IP, self.m.outside_port)
             # server -> an API outside the mesh: the server workload's outbound, in plaintext
@@ -257,12 +299,16 @@ class Scenario:
         if n == 1:
             self.hold_connections()
 
-        log(f"round {n}: failures (refused port, refused outside, bad SOCKS5, plaintext on 15008, CA refusals, NACK)")
-        T.socks5_refused(self.z1["socks5"], M.CLIENT_IP, SERVICE_HOST, 81)  # endpoint refuses
+        log(f"round {n}: failures (refused port, refused outside, bad SOCKS5, plaintext on 15008 of node2 and the waypoint, CA refusals, NACK)")
+        # Port 81 (TCP, relayed by the waypoint): the endpoint refuses, the waypoint closes.
+        out = T.socks5_closed(self.z1["socks5"], M.CLIENT_IP, SERVICE_HOST, 81)
+        if out:
+            raise M.TestError(f"port 81 (nothing listening) answered through the waypoint: {out[:100]!r}")
         closed = M.free_port(M.OUTSIDE_IP)
         T.socks5_refused(self.z2["socks5"], M.SERVER_IP, M.OUTSIDE_IP, closed)  # outside refuses
         T.send_garbage(self.z1["socks5"], b"\x04\x01garbage\r\n", M.CLIENT_IP)
         T.send_garbage(f"{M.SERVER_IP}:{M.HBONE_PORT}", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        T.send_garbage(f"{M.WAYPOINT_IP}:{M.HBONE_PORT}", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # waypoint_rejected_streams_total{reason="tls"}
         token = open(self.m.token_path("node1")).read().strip()
         T.ca_request(self.m.istiod["xds_plaintext"], None, "no token, no certificate")
         T.ca_request(self.m.istiod["xds_plaintext"], token, "-----BEGIN CERTIFICATE REQUEST-----\nbm90IGEgQ1NS\n-----END CERTIFICATE REQUEST-----\n")
@@ -287,7 +333,8 @@ class Scenario:
     def hold_connections(self):
         """Connections that stay open during the checks (open-connection panels)."""
         s, code = T.socks5_open(self.z1["socks5"], M.CLIENT_IP, SERVICE_HOST, 80)
-        s.sendall(b"HOLD")  # an unfinished request: the app waits for the rest
+        # A complete request the app never answers: open client->waypoint and waypoint->server.
+        s.sendall(HTTP_CLOSE.format("/hold").encode())
         self.held.append(s)
         s, code2 = T.socks5_open(self.z2["socks5"], M.SERVER_IP, M.OUTSIDE_IP, self.m.outside_port)
         s.sendall(b"HOLD")
@@ -352,7 +399,7 @@ def check_dashboard(prom, name, d, exported):
     values, bad, notes, unresolved = resolve_variables(prom, d, exported)
     res["failed"] += bad
     res["notes"] = notes
-    pending_all = set().union(*PENDING.values())
+    pending_all = set().union(set(), *PENDING.values())
     blocked = 0
     for p in walk(d.get("panels", [])):
         if p.get("type") == "row":
@@ -417,7 +464,7 @@ def find_prometheus():
 def find_bins():
     dirs = [os.environ.get("MESH_BIN_DIR"), os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "debug")]
     for d in dirs:
-        if d and all(os.access(os.path.join(d, b), os.X_OK) for b in ("istiod-lite", "ztunnel")):
+        if d and all(os.access(os.path.join(d, b), os.X_OK) for b in ("istiod-lite", "ztunnel", "waypoint")):
             return d
     return None
 
@@ -444,7 +491,7 @@ def main():
         return 0
     bins = find_bins()
     if not bins:
-        log("FAIL: istiod-lite/ztunnel binaries not found in $MESH_BIN_DIR or target/debug: run `cargo build --bins` first")
+        log("FAIL: istiod-lite/ztunnel/waypoint binaries not found in $MESH_BIN_DIR or target/debug: run `cargo build --bins` first")
         return 1
 
     dashboards, static_bad = {}, {}
@@ -467,7 +514,7 @@ def main():
     ok = False
     started = time.monotonic()
     try:
-        log(f"starting istiod-lite and two ztunnels ({bins}), logs in {mesh.logs}")
+        log(f"starting istiod-lite, two ztunnels and a waypoint ({bins}), logs in {mesh.logs}")
         mesh.start()
         log(f"starting Prometheus {prometheus} on {mesh.prometheus_addr} (scrape interval 1s)")
         mesh.start_prometheus()
@@ -475,13 +522,14 @@ def main():
         scenario = Scenario(mesh, prom)
         scenario.wait_prometheus_up()
         scenario.control_plane_outage()
+        scenario.waypoint_outage()
         scenario.round(1)
         scenario.round(2)
 
         exported = set()
         per_component = {}
         for job, addr in mesh.scrape_targets():
-            _, names = P.parse_exposition(M.http_get(f"http://{addr}/metrics")[1])
+            _, names = P.parse_exposition(M.http_get(f"http://{addr}{M.METRICS_PATH.get(job, '/metrics')}")[1])
             per_component.setdefault(job, set()).update(names)
             exported |= names
         log(f"metrics exported: {len(exported)} names ({', '.join(f'{j}: {len(n)}' for j, n in per_component.items())})")

@@ -35,20 +35,43 @@ def socks5_open(proxy, src_ip, host, port, timeout=10):
     return s, rep[1]
 
 
-def socks5_request(proxy, src_ip, host, port, payload=b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"):
-    """One request/response through SOCKS5; returns the bytes received. Raises on failure."""
+def socks5_request(proxy, src_ip, host, port, payload=b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", half_close=True):
+    """One request/response through SOCKS5; returns the bytes received. Raises on failure.
+    half_close=False keeps the write side open until the peer closes (an HTTP/1.1 request with
+    `Connection: close` to a waypoint, which answers before closing)."""
     s, code = socks5_open(proxy, src_ip, host, port)
     with s:
         if code != 0:
             raise OSError(f"SOCKS5 CONNECT to {host}:{port} failed with reply {code}")
         s.sendall(payload)
-        s.shutdown(socket.SHUT_WR)
+        if half_close:
+            s.shutdown(socket.SHUT_WR)
         out = b""
         while True:
             chunk = s.recv(65536)
             if not chunk:
                 return out
             out += chunk
+
+
+def socks5_closed(proxy, src_ip, host, port):
+    """A CONNECT that succeeds (a waypoint relaying TCP) to an upstream that then fails: sends a
+    byte and reads until the proxy closes; returns what was received (b"" expected)."""
+    s, code = socks5_open(proxy, src_ip, host, port)
+    with s:
+        if code != 0:
+            raise OSError(f"SOCKS5 CONNECT to {host}:{port} failed with reply {code}")
+        out = b""
+        try:
+            s.sendall(b"x")
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                out += chunk
+        except OSError:  # reset by the proxy once the upstream failed
+            pass
+        return out
 
 
 def socks5_refused(proxy, src_ip, host, port):
