@@ -240,7 +240,7 @@ the CPUs.
 
 $(cat "$WORK/waypoint.md")
 
-Memory after the benchmarks: the \"held\" figures include allocator caches left by the runs
+Memory after the benchmarks: the "held" figures include allocator caches left by the runs
 before them, so "per connection" is an upper bound.
 
 ## Setup
