@@ -844,6 +844,14 @@ def waypoint():
                     ts("Retries by outcome", [(f"sum by (instance, outcome) ({rate('waypoint_retries_total', w)})", "{{instance}} {{outcome}}")], "short", "sent = retries made (503, connect failures, route retry policies); budget_exhausted = retries skipped by the retry budget.", w=8),
                 ],
             ),
+            row(
+                "Process",
+                [
+                    ts("Memory (RSS) by waypoint", [(f"process_resident_memory_bytes{{{w}}}{on_wp}", "{{instance}}")], "bytes", "Resident memory of each waypoint process.", w=8),
+                    ts("CPU by waypoint", [(f"rate(process_cpu_seconds_total{{{w}}}[$__rate_interval]){on_wp}", "{{instance}}")], "percentunit", "CPU seconds per second (1 = one core).", w=8),
+                    ts("Open file descriptors by waypoint", [(f"process_open_fds{{{w}}}{on_wp}", "{{instance}}")], "short", "Sockets and files held.", w=8),
+                ],
+            ),
         ],
     )
 

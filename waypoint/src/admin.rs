@@ -61,12 +61,16 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
 }
 
-/// Stats routes.
+/// Stats routes. Process metrics (`process_resident_memory_bytes`, CPU, fds) are refreshed on
+/// each scrape, as ztunnel does.
 pub fn stats(
     handle: metrics_exporter_prometheus::PrometheusHandle,
 ) -> impl Fn(Request<Incoming>) -> Response<Body> + Clone + Send + Sync + 'static {
+    let process = std::sync::Arc::new(metrics_process::Collector::default());
+    process.describe();
     move |req| match req.uri().path() {
         "/stats/prometheus" | "/metrics" => {
+            process.collect();
             let mut r = text(StatusCode::OK, handle.render());
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,
