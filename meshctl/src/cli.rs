@@ -195,6 +195,16 @@ pub struct TapArgs {
     /// A ztunnel, ADMIN[,READINESS[,STATS]]; repeatable [env: MESHCTL_ZTUNNELS].
     #[arg(long = "ztunnel", value_name = "ADMIN")]
     pub ztunnels: Vec<String>,
+    /// A waypoint's admin address (request events); repeatable.
+    #[arg(long = "waypoint", value_name = "ADMIN")]
+    pub waypoints: Vec<String>,
+    /// A `meshctl local` cluster: tap every node's ztunnel and every waypoint pod in it
+    /// [env: MESHCTL_LOCAL].
+    #[arg(long, value_name = "CLUSTER")]
+    pub local: Option<String>,
+    /// State directory of that local cluster.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Stop after this many events.
     #[arg(long)]
     pub limit: Option<u64>,

@@ -1,65 +1,13 @@
 //! The small HTTP endpoints, on Istio's waypoint ports: Prometheus stats on 15020
 //! (`/stats/prometheus`, also `/metrics`), readiness on 15021 (`/healthz/ready`) and a
-//! localhost admin port (`/config_dump`).
+//! localhost admin port (`/config_dump`, `/debug/tap`). The serve loop is `mesh-admin`'s.
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
-
-type Body = Full<Bytes>;
-
-fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut r = Response::new(Full::new(body.into()));
-    *r.status_mut() = status;
-    r
-}
-
-/// Serves `handler` on `listener` until `shutdown`.
-pub async fn serve<F>(
-    listener: TcpListener,
-    name: &'static str,
-    shutdown: CancellationToken,
-    handler: F,
-) where
-    F: Fn(Request<Incoming>) -> Response<Body> + Clone + Send + Sync + 'static,
-{
-    info!(server = name, addr = ?listener.local_addr().ok(), "listening");
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => { warn!(server = name, error = %e, "accept failed"); continue; }
-            },
-        };
-        let handler = handler.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let handler = handler.clone();
-                async move { Ok::<_, Infallible>(handler(req)) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    }
-}
-
-/// Binds a listener, naming the address in the error.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
-}
+pub use mesh_admin::{bind, serve, Body};
+use mesh_admin::{json, prometheus, text};
 
 /// Stats routes. Process metrics (`process_resident_memory_bytes`, CPU, fds) are refreshed on
 /// each scrape, as ztunnel does.
@@ -71,12 +19,7 @@ pub fn stats(
     move |req| match req.uri().path() {
         "/stats/prometheus" | "/metrics" => {
             process.collect();
-            let mut r = text(StatusCode::OK, handle.render());
-            r.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("text/plain; version=0.0.4"),
-            );
-            r
+            prometheus(handle.render())
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
@@ -107,14 +50,11 @@ pub fn admin(
     app: Arc<crate::app::Shared>,
 ) -> impl Fn(Request<Incoming>) -> Response<Body> + Clone + Send + Sync + 'static {
     move |req| match req.uri().path() {
-        "/config_dump" => {
-            let mut r = text(StatusCode::OK, app.config_dump());
-            r.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("application/json"),
-            );
-            r
-        }
-        _ => text(StatusCode::NOT_FOUND, "waypoint admin: /config_dump\n"),
+        "/config_dump" => json(app.config_dump()),
+        "/debug/tap" => mesh_admin::tap(crate::tap::hub(), req.uri().query()),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "waypoint admin: /config_dump, /debug/tap?namespace=&workload=&limit=&duration=\n",
+        ),
     }
 }

@@ -12,7 +12,8 @@
 //! - [`metrics`]: Istio's request metrics (reporter `waypoint`) and the JSON access log
 //! - [`security`]: the L7 security hook: [`authz`] (AuthorizationPolicy), [`jwt`]
 //!   (RequestAuthentication), [`trace`] (traceparent, OTLP spans)
-//! - [`admin`]: stats (15020) and readiness (15021) endpoints
+//! - [`tap`]: one event per request for `meshctl tap` (`/debug/tap`)
+//! - [`admin`]: stats (15020), readiness (15021) and admin (`/config_dump`, `/debug/tap`) endpoints
 //! - [`app`]: wiring and graceful shutdown
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -26,5 +27,6 @@ pub mod metrics;
 pub mod proxy;
 pub mod routes;
 pub mod security;
+pub mod tap;
 pub mod trace;
 pub mod xds;

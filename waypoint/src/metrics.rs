@@ -255,6 +255,7 @@ impl RequestRecord {
         if let Some(s) = &self.span {
             s.finish(self);
         }
+        crate::tap::request(self);
         self.access_log();
     }
 

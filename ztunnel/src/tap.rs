@@ -1,21 +1,17 @@
 //! Live tap: every connection event (opened, closed, refused) as one JSON line, for
-//! `meshctl tap`. Publishing costs one atomic load while nobody listens; each listener has a
-//! bounded queue, and one that falls behind loses events (and is told how many) instead of
-//! slowing the data path.
+//! `meshctl tap` (the hub, filters and bounded per-reader queues are `mesh-tap`'s).
 
-use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
-use tokio::sync::broadcast;
 
 use crate::metrics::{ConnectionInfo, Reporter};
 
-/// Events buffered per listener before it starts losing them.
-pub const QUEUE: usize = 1024;
+pub use mesh_tap::Filter;
 
-static HUB: LazyLock<broadcast::Sender<Arc<Event>>> = LazyLock::new(|| broadcast::channel(QUEUE).0);
+static HUB: LazyLock<mesh_tap::Hub> =
+    LazyLock::new(|| mesh_tap::Hub::new("ztunnel_tap_dropped_events_total"));
 
 /// One end of a connection, as the tap shows it.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
@@ -52,16 +48,6 @@ pub struct Event {
     pub error: String,
 }
 
-impl Event {
-    /// Whether the event involves `namespace` (and `workload`, when given) on either side.
-    pub fn matches(&self, namespace: Option<&str>, workload: Option<&str>) -> bool {
-        let side = |p: &Peer| {
-            namespace.is_none_or(|n| p.namespace == n) && workload.is_none_or(|w| p.workload == w)
-        };
-        side(&self.src) || side(&self.dst)
-    }
-}
-
 /// What a finished or refused connection adds to its event.
 #[derive(Default)]
 pub struct Outcome<'a> {
@@ -74,10 +60,12 @@ pub struct Outcome<'a> {
 
 /// Publishes an event built from `info`, if anyone is listening.
 pub fn publish(event: &'static str, info: &ConnectionInfo, outcome: Outcome<'_>) {
-    if HUB.receiver_count() == 0 {
-        return;
-    }
-    let _ = HUB.send(Arc::new(build(event, info, outcome)));
+    HUB.publish(|| serde_json::to_value(build(event, info, outcome)).unwrap_or_default());
+}
+
+/// The hub `/debug/tap` readers subscribe to.
+pub fn hub() -> &'static mesh_tap::Hub {
+    &HUB
 }
 
 fn build(event: &'static str, info: &ConnectionInfo, o: Outcome<'_>) -> Event {
@@ -115,112 +103,10 @@ fn build(event: &'static str, info: &ConnectionInfo, o: Outcome<'_>) -> Event {
     }
 }
 
-/// A listener's filter and bounds, from the query string.
-#[derive(Debug, Default, PartialEq)]
-pub struct Filter {
-    pub namespace: Option<String>,
-    pub workload: Option<String>,
-    /// Stop after this many events.
-    pub limit: Option<u64>,
-    /// Stop after this long.
-    pub duration: Option<Duration>,
-}
-
-impl Filter {
-    /// Parses `namespace=..&workload=..&limit=..&duration=..` (durations as `10s`, `1m`).
-    pub fn from_query(q: Option<&str>) -> Result<Filter, String> {
-        let mut f = Filter::default();
-        let pairs: HashMap<&str, &str> = q
-            .unwrap_or_default()
-            .split('&')
-            .filter(|s| !s.is_empty())
-            .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
-            .collect();
-        for (k, v) in pairs {
-            match k {
-                "namespace" if !v.is_empty() => f.namespace = Some(v.to_string()),
-                "workload" if !v.is_empty() => f.workload = Some(v.to_string()),
-                "limit" => {
-                    f.limit = Some(
-                        v.parse()
-                            .map_err(|_| format!("limit={v:?} is not a number"))?,
-                    )
-                }
-                "duration" => {
-                    f.duration = Some(
-                        mesh_config::parse_duration(v)
-                            .map_err(|e| format!("duration={v:?}: {e}"))?,
-                    )
-                }
-                other => {
-                    return Err(format!(
-                        "unknown parameter {other:?} (namespace, workload, limit, duration)"
-                    ))
-                }
-            }
-        }
-        Ok(f)
-    }
-}
-
-/// Lines for one listener until its bounds are reached (or forever): each event as JSON, and a
-/// `{"event":"dropped","count":N}` line when it fell behind.
-pub fn stream(filter: Filter) -> impl futures_util::Stream<Item = bytes::Bytes> + Send {
-    let rx = HUB.subscribe();
-    let deadline = filter.duration.map(|d| tokio::time::Instant::now() + d);
-    futures_util::stream::unfold(
-        (rx, filter, 0u64, deadline),
-        |(mut rx, filter, mut seen, deadline)| async move {
-            if filter.limit.is_some_and(|l| seen >= l) {
-                return None;
-            }
-            loop {
-                let next = match deadline {
-                    Some(d) => match tokio::time::timeout_at(d, rx.recv()).await {
-                        Ok(r) => r,
-                        Err(_) => return None,
-                    },
-                    None => rx.recv().await,
-                };
-                let line = match next {
-                    Ok(ev)
-                        if ev.matches(filter.namespace.as_deref(), filter.workload.as_deref()) =>
-                    {
-                        seen += 1;
-                        serde_json::to_string(&*ev).unwrap_or_default()
-                    }
-                    Ok(_) => continue,
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        metrics::counter!("ztunnel_tap_dropped_events_total").increment(n);
-                        format!("{{\"event\":\"dropped\",\"count\":{n}}}")
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                };
-                let mut b = line.into_bytes();
-                b.push(b'\n');
-                return Some((bytes::Bytes::from(b), (rx, filter, seen, deadline)));
-            }
-        },
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use futures_util::StreamExt;
-
-    #[test]
-    fn filter_parsing() {
-        assert_eq!(Filter::from_query(None), Ok(Filter::default()));
-        let f = Filter::from_query(Some("namespace=a&workload=w&limit=3&duration=2s")).expect("ok");
-        assert_eq!(f.namespace.as_deref(), Some("a"));
-        assert_eq!(f.limit, Some(3));
-        assert_eq!(f.duration, Some(Duration::from_secs(2)));
-        assert!(Filter::from_query(Some("limit=x")).is_err());
-        assert!(Filter::from_query(Some("bogus=1"))
-            .unwrap_err()
-            .contains("bogus"));
-    }
 
     fn info(ns: &str) -> ConnectionInfo {
         let w = crate::state::convert_workload(mesh_proto::workload::Workload {
@@ -239,7 +125,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn listeners_get_matching_events_and_lag_is_reported() {
+    async fn connection_events_carry_both_sides_and_outcome() {
         // Nobody listens: publishing is a no-op.
         publish("open", &info("tap-a"), Outcome::default());
         let filter = Filter {
@@ -247,7 +133,7 @@ mod tests {
             limit: Some(2),
             ..Default::default()
         };
-        let s = stream(filter);
+        let s = hub().stream(filter);
         futures_util::pin_mut!(s);
         // Subscribed when the stream was made: nothing queued yet.
         assert!(tokio::time::timeout(Duration::from_millis(10), s.next())
@@ -268,13 +154,6 @@ mod tests {
         assert_eq!(v["src"]["namespace"], "tap-a");
         assert_eq!(v["bytes_sent"], 5);
         assert_eq!(v["security"], "mutual_tls");
-        // A reader that falls behind is told how much it lost, and the sender never waits.
-        for _ in 0..(QUEUE + 10) {
-            publish("open", &info("tap-a"), Outcome::default());
-        }
-        let line = s.next().await.expect("a line");
-        let v: serde_json::Value = serde_json::from_slice(&line).expect("json line");
-        assert_eq!(v["event"], "dropped");
-        assert!(v["count"].as_u64().expect("count") >= 10);
+        assert_eq!(v["direction"], "outbound");
     }
 }

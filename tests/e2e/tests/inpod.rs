@@ -762,6 +762,39 @@ fn captured_traffic_to_a_service_goes_through_its_namespace_waypoint() {
                 && l.contains("source_principal=\"spiffe://cluster.local/ns/demo/sa/client\"")),
             "istio_requests_total lacks the client's 301: {m}"
         );
+        // `meshctl tap --local` streams both kinds of events: the client's connections from its
+        // ztunnel and its requests from the waypoint.
+        let tap = Command::new(mesh_e2e::bins::bin("meshctl")?)
+            .args(["tap", "demo/client", "--local", &c.name, "--state-dir"])
+            .arg(&c.dir)
+            .args(["--limit", "12", "-o", "json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let mut tap = KillOnDrop(tap);
+        let tapped = poll("meshctl tap to see 12 events", Duration::from_secs(20), || {
+            let _ = curl(c, "demo", "client", &format!("http://{VIP}/old"));
+            Ok(tap.0.try_wait()?.map(|_| ()))
+        });
+        let out = tap.finish()?;
+        tapped?;
+        let events: Vec<Value> = String::from_utf8_lossy(&out)
+            .lines()
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()?;
+        anyhow::ensure!(
+            events.iter().any(|e| e["event"] == "request"
+                && e["method"] == "GET"
+                && e["path"] == "/old"
+                && e["status"] == 301
+                && e["src"]["identity"] == "spiffe://cluster.local/ns/demo/sa/client"),
+            "no waypoint request event in the tap: {events:?}"
+        );
+        anyhow::ensure!(
+            events.iter().any(|e| e["event"] == "close" && e["direction"] == "outbound"),
+            "no ztunnel connection event in the tap: {events:?}"
+        );
+
         // `meshctl describe` explains it: the service's waypoint and route, the pod's capture.
         let svc = c.cli(&["describe", "service", "server", "-n", "demo"])?;
         for want in [

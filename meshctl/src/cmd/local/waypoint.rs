@@ -62,6 +62,24 @@ pub fn ztunnel_dumps(
         .collect()
 }
 
+/// What `meshctl tap --local` reads: each node's ztunnel and each waypoint pod, as (label,
+/// netns path); their admin ports are 127.0.0.1:15000 inside those namespaces.
+pub fn tap_sources(cluster: &str, dir: &Path) -> Result<Vec<(String, PathBuf)>, LocalError> {
+    let st = load(cluster, dir)?;
+    let mut v: Vec<(String, PathBuf)> = st
+        .nodes
+        .iter()
+        .map(|n| (format!("ztunnel {}", n.name), super::netns::path(&n.netns)))
+        .collect();
+    v.extend(
+        st.pods
+            .values()
+            .filter(|p| p.labels.contains_key(GATEWAY_NAME_LABEL))
+            .map(|p| (format!("waypoint {}/{}", p.namespace, p.name), super::netns::path(&p.netns))),
+    );
+    Ok(v)
+}
+
 /// Starts pod `<name>` in `namespace` running the waypoint for Gateway `name` (if not running).
 pub fn start(
     cluster: &str,

@@ -17,32 +17,60 @@ use crate::error::Error;
 use crate::http;
 use crate::output::Format;
 
-const HINT: &str = "pass --ztunnel ADMIN (its ADMIN_ADDR) or set MESHCTL_ZTUNNELS";
+const HINT: &str =
+    "pass --ztunnel ADMIN (or MESHCTL_ZTUNNELS) and --waypoint ADMIN, or --local CLUSTER";
 
 /// Runs the tap until every ztunnel's stream ends (`--duration`), `--limit` events were shown,
 /// or the user interrupts.
 pub fn run(a: &TapArgs, ctx: &Ctx<'_>, out: &mut dyn Write) -> Result<(), Error> {
     if !matches!(a.output, Format::Table | Format::Wide | Format::Json) {
-        return Err(Error::Usage(
-            "tap prints events as they come: -o table or -o json".into(),
-        ));
+        return Err(Error::Usage("tap prints events as they come: -o table or -o json".into()));
     }
     let query = query(a)?;
-    let ztunnels = config::ztunnels(&a.ztunnels, ctx.env)?;
+    // (label, netns to enter or None, admin address)
+    let mut sources: Vec<(String, Option<std::path::PathBuf>, String)> = Vec::new();
+    let local = a
+        .local
+        .clone()
+        .or_else(|| ctx.env.get(crate::cmd::waypoint::LOCAL_ENV).filter(|s| !s.is_empty()));
+    if let Some(cluster) = local {
+        let dir = crate::cmd::local::state_dir(&cluster, a.state_dir.as_deref());
+        for (label, netns) in crate::cmd::local::waypoint::tap_sources(&cluster, &dir)? {
+            sources.push((label, Some(netns), "127.0.0.1:15000".into()));
+        }
+    } else {
+        for z in config::ztunnels(&a.ztunnels, ctx.env)? {
+            sources.push((z.admin.clone(), None, z.admin));
+        }
+        for w in &a.waypoints {
+            let addr = config::normalize_addr(w, "waypoint admin address")?;
+            sources.push((addr.clone(), None, addr));
+        }
+    }
     let (tx, rx) = mpsc::channel::<Result<(String, Vec<u8>), Error>>();
-    for z in ztunnels {
+    for (label, netns, admin) in sources {
         let tx = tx.clone();
         let path = format!("/debug/tap{query}");
         let timeout = ctx.timeout;
         std::thread::spawn(move || {
-            let admin = z.admin.clone();
+            // A local cluster's components listen inside their own network namespaces: this
+            // thread joins it (setns affects only the calling thread).
+            if let Some(ns) = &netns {
+                let joined = std::fs::File::open(ns)
+                    .map_err(|e| e.to_string())
+                    .and_then(|f| nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string()));
+                if let Err(e) = joined {
+                    let _ = tx.send(Err(Error::Usage(format!("{label}: cannot enter {}: {e}", ns.display()))));
+                    return;
+                }
+            }
             let res = http::stream_lines(&admin, &path, timeout, |line| {
-                tx.send(Ok((admin.clone(), line.to_vec()))).is_ok()
+                tx.send(Ok((label.clone(), line.to_vec()))).is_ok()
             });
             if let Err(source) = res {
                 let _ = tx.send(Err(Error::Unreachable {
-                    what: "ztunnel admin".into(),
-                    addr: admin,
+                    what: "tap source".into(),
+                    addr: format!("{label} ({admin})"),
                     source,
                     hint: HINT.into(),
                 }));
@@ -183,6 +211,21 @@ fn row(ev: &Value) -> String {
             format!("{flags} {e}")
         };
     }
+    if ev["event"] == "request" {
+        let mut what = format!(
+            "{} {} {}",
+            ev["method"].as_str().unwrap_or_default(),
+            ev["path"].as_str().unwrap_or_default(),
+            ev["status"]
+        );
+        if let Some(g) = ev["grpc_status"].as_str().filter(|g| !g.is_empty() && *g != "-") {
+            what.push_str(&format!(" grpc={g}"));
+        }
+        if !flags.is_empty() {
+            what.push_str(&format!(" {flags}"));
+        }
+        flags = what;
+    }
     let mut dst = peer(&ev["dst"]);
     if let Some(svc) = ev["dst_service"].as_str().filter(|s| !s.is_empty()) {
         dst = format!(
@@ -216,6 +259,9 @@ mod tests {
         TapArgs {
             target: target.map(String::from),
             ztunnels: vec![],
+            waypoints: vec![],
+            local: None,
+            state_dir: None,
             limit: Some(3),
             duration: Some(Duration::from_secs(2)),
             output: Format::Table,
