@@ -135,34 +135,34 @@ fn captured(c: &LocalCluster, ns: &str, name: &str) -> anyhow::Result<bool> {
 
 /// ztunnel's metrics on `node`.
 fn metrics(c: &LocalCluster, node: &str) -> anyhow::Result<String> {
-    let out = LocalCluster::in_netns(
-        &node_netns(c, node),
-        &[
-            "curl",
-            "-sS",
-            "--max-time",
-            "3",
-            "http://127.0.0.1:15020/metrics",
-        ],
-    )?;
-    anyhow::ensure!(out.status.success(), "scraping ztunnel on {node} failed");
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    get_in(&node_netns(c, node), "http://127.0.0.1:15020/metrics")
 }
 
 /// ztunnel's `/config_dump` on `node`.
 fn config_dump(c: &LocalCluster, node: &str) -> anyhow::Result<Value> {
-    let out = LocalCluster::in_netns(
+    Ok(serde_json::from_str(&get_in(
         &node_netns(c, node),
-        &[
-            "curl",
-            "-sS",
-            "--max-time",
-            "3",
-            "http://127.0.0.1:15000/config_dump",
-        ],
-    )?;
-    anyhow::ensure!(out.status.success(), "config_dump on {node} failed");
-    Ok(serde_json::from_slice(&out.stdout)?)
+        "http://127.0.0.1:15000/config_dump",
+    )?)?)
+}
+
+/// The metrics of the waypoint pod `demo/waypoint`.
+fn waypoint_metrics(c: &LocalCluster) -> anyhow::Result<String> {
+    get_in(
+        &pod_netns(c, "demo", "waypoint"),
+        "http://127.0.0.1:15020/stats/prometheus",
+    )
+}
+
+/// GET `url` from inside network namespace `netns` (curl); the body.
+fn get_in(netns: &str, url: &str) -> anyhow::Result<String> {
+    let out = LocalCluster::in_netns(netns, &["curl", "-fsS", "--max-time", "3", url])?;
+    anyhow::ensure!(
+        out.status.success(),
+        "GET {url} in {netns}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Sum of `istio_tcp_connections_opened_total` series containing every one of `parts`.
@@ -744,17 +744,7 @@ fn captured_traffic_to_a_service_goes_through_its_namespace_waypoint() {
             "{body}"
         );
         // The waypoint counted the requests with the client's identity.
-        let m = LocalCluster::in_netns(
-            &pod_netns(c, "demo", "waypoint"),
-            &[
-                "curl",
-                "-fsS",
-                "--max-time",
-                "3",
-                "http://127.0.0.1:15020/stats/prometheus",
-            ],
-        )?;
-        let m = String::from_utf8_lossy(&m.stdout);
+        let m = waypoint_metrics(c)?;
         anyhow::ensure!(
             m.lines().any(|l| l.starts_with("istio_requests_total{")
                 && l.contains("reporter=\"waypoint\"")
@@ -772,10 +762,14 @@ fn captured_traffic_to_a_service_goes_through_its_namespace_waypoint() {
             .stderr(Stdio::piped())
             .spawn()?;
         let mut tap = KillOnDrop(tap);
-        let tapped = poll("meshctl tap to see 12 events", Duration::from_secs(20), || {
-            let _ = curl(c, "demo", "client", &format!("http://{VIP}/old"));
-            Ok(tap.0.try_wait()?.map(|_| ()))
-        });
+        let tapped = poll(
+            "meshctl tap to see 12 events",
+            Duration::from_secs(20),
+            || {
+                let _ = curl(c, "demo", "client", &format!("http://{VIP}/old"));
+                Ok(tap.0.try_wait()?.map(|_| ()))
+            },
+        );
         let out = tap.finish()?;
         tapped?;
         let events: Vec<Value> = String::from_utf8_lossy(&out)
@@ -791,7 +785,9 @@ fn captured_traffic_to_a_service_goes_through_its_namespace_waypoint() {
             "no waypoint request event in the tap: {events:?}"
         );
         anyhow::ensure!(
-            events.iter().any(|e| e["event"] == "close" && e["direction"] == "outbound"),
+            events
+                .iter()
+                .any(|e| e["event"] == "close" && e["direction"] == "outbound"),
             "no ztunnel connection event in the tap: {events:?}"
         );
 
@@ -974,17 +970,7 @@ fn grpcroute_routes_grpc_calls_by_method_through_the_waypoint() {
             v["code"] == "NOT_FOUND" && v["details"] == "grpc-a failed as asked",
             "{v}"
         );
-        let m = LocalCluster::in_netns(
-            &pod_netns(c, "demo", "waypoint"),
-            &[
-                "curl",
-                "-fsS",
-                "--max-time",
-                "3",
-                "http://127.0.0.1:15020/stats/prometheus",
-            ],
-        )?;
-        let m = String::from_utf8_lossy(&m.stdout);
+        let m = waypoint_metrics(c)?;
         anyhow::ensure!(
             m.lines().any(|l| l.starts_with("istio_requests_total{")
                 && l.contains("request_protocol=\"grpc\"")
