@@ -56,6 +56,8 @@ pub struct Proxy {
     /// Route table.
     pub routes: watch::Receiver<Arc<Table>>,
     pool: mesh_hbone::client::Pool,
+    /// HTTP connections to backends kept for reuse (over the pooled HBONE connections).
+    http: upstream::HttpPool,
     budget: Arc<RetryBudget>,
     /// L7 security by Service (AuthorizationPolicy, RequestAuthentication).
     security: watch::Receiver<Arc<crate::security::SecurityTable>>,
@@ -77,6 +79,7 @@ impl Proxy {
                 mesh_hbone::Config::default(),
                 Arc::new(mesh_hbone::client::TcpDialer),
             ),
+            http: upstream::HttpPool::default(),
             budget: Arc::new(RetryBudget::new(RETRY_BUDGET_PERCENT, RETRY_BUDGET_FLOOR)),
             security: watch::channel(Arc::default()).1,
         }

@@ -3,7 +3,9 @@
 //! `<pod IP>:<target port>`, or plain TCP for pods outside the mesh; then HTTP/1.1 or HTTP/2
 //! (the client's version, so gRPC stays HTTP/2) on it.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
@@ -156,16 +158,98 @@ pub async fn connect(proxy: &Proxy, ep: &Endpoint) -> Result<Box<dyn Io>, Upstre
     Ok(Box::new(stream))
 }
 
-/// Sends `req` to `ep` over a fresh stream and returns the response head.
+/// Idle HTTP connections per backend, reused across requests: opening a fresh HBONE stream and
+/// HTTP handshake for every request would dominate the cost of a small one. HTTP/2 connections
+/// multiplex every request; HTTP/1.1 ones are taken one request at a time and become ready again
+/// once the previous response body has been read.
+#[derive(Default)]
+pub struct HttpPool {
+    conns: Mutex<HashMap<ConnKey, Conns>>,
+}
+
+/// One backend as seen by the pool (its identity too: a pod IP reused by another workload must
+/// not get a connection authenticated for the previous one).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct ConnKey {
+    addr: SocketAddr,
+    identity: String,
+    hbone: bool,
+    h2: bool,
+}
+
+enum Conns {
+    H1(Vec<hyper::client::conn::http1::SendRequest<RespBody>>),
+    H2(hyper::client::conn::http2::SendRequest<RespBody>),
+}
+
+/// Idle HTTP/1.1 connections kept per backend.
+const MAX_IDLE_H1: usize = 64;
+
+impl HttpPool {
+    fn take_h1(&self, key: &ConnKey) -> Option<hyper::client::conn::http1::SendRequest<RespBody>> {
+        let mut map = self.conns.lock().ok()?;
+        let Some(Conns::H1(list)) = map.get_mut(key) else {
+            return None;
+        };
+        list.retain(|s| !s.is_closed());
+        let i = list.iter().position(|s| s.is_ready())?;
+        Some(list.swap_remove(i))
+    }
+
+    fn put_h1(&self, key: ConnKey, sender: hyper::client::conn::http1::SendRequest<RespBody>) {
+        let Ok(mut map) = self.conns.lock() else {
+            return;
+        };
+        match map.entry(key).or_insert_with(|| Conns::H1(Vec::new())) {
+            Conns::H1(list) if list.len() < MAX_IDLE_H1 && !sender.is_closed() => list.push(sender),
+            _ => {}
+        }
+    }
+
+    fn h2(&self, key: &ConnKey) -> Option<hyper::client::conn::http2::SendRequest<RespBody>> {
+        match self.conns.lock().ok()?.get(key) {
+            Some(Conns::H2(s)) if !s.is_closed() => Some(s.clone()),
+            _ => None,
+        }
+    }
+
+    fn set_h2(&self, key: ConnKey, sender: hyper::client::conn::http2::SendRequest<RespBody>) {
+        if let Ok(mut map) = self.conns.lock() {
+            map.insert(key, Conns::H2(sender));
+        }
+    }
+}
+
+/// Sends `req` to `ep`, on a reused connection when one is idle, and returns the response head.
+/// Upgrade requests always get a connection of their own (it leaves HTTP once upgraded).
 pub async fn send(
     proxy: &Proxy,
     ep: &Endpoint,
     h2: bool,
     req: Request<RespBody>,
 ) -> Result<Response<Incoming>, UpstreamError> {
-    let io = TokioIo::new(connect(proxy, ep).await?);
+    let key = ConnKey {
+        addr: ep.addr,
+        identity: ep.identity.clone(),
+        hbone: ep.hbone,
+        h2,
+    };
     let span = tracing::debug_span!("upstream", addr = %ep.addr);
+    let mut req = req;
     if h2 {
+        if let Some(mut sender) = proxy.http.h2(&key) {
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(resp),
+                Err(mut e) => match e.take_message() {
+                    Some(r) => {
+                        debug!(error = %e.error(), "upstream HTTP/2 connection went away; reconnecting");
+                        req = r;
+                    }
+                    None => return Err(e.into_error().into()),
+                },
+            }
+        }
+        let io = TokioIo::new(connect(proxy, ep).await?);
         let (mut sender, conn) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
         tokio::spawn(
@@ -176,19 +260,45 @@ pub async fn send(
             }
             .instrument(span),
         );
-        Ok(sender.send_request(req).await?)
-    } else {
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
-        tokio::spawn(
-            async move {
-                if let Err(e) = conn.with_upgrades().await {
-                    debug!(error = %e, "upstream HTTP/1.1 connection ended with an error");
-                }
-            }
-            .instrument(span),
-        );
-        Ok(sender.send_request(req).await?)
+        proxy.http.set_h2(key, sender.clone());
+        return Ok(sender.send_request(req).await?);
     }
+    let upgrade = req.headers().contains_key(http::header::UPGRADE);
+    if !upgrade {
+        if let Some(mut sender) = proxy.http.take_h1(&key) {
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    // Ready again once this response's body has been read; take_h1 checks.
+                    proxy.http.put_h1(key, sender);
+                    return Ok(resp);
+                }
+                // The backend closed the idle connection before taking the request: send it on
+                // a fresh one. A request it had started on is not replayed.
+                Err(mut e) => match e.take_message() {
+                    Some(r) => {
+                        debug!(error = %e.error(), "idle upstream connection was closed; reconnecting");
+                        req = r;
+                    }
+                    None => return Err(e.into_error().into()),
+                },
+            }
+        }
+    }
+    let io = TokioIo::new(connect(proxy, ep).await?);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+    tokio::spawn(
+        async move {
+            if let Err(e) = conn.with_upgrades().await {
+                debug!(error = %e, "upstream HTTP/1.1 connection ended with an error");
+            }
+        }
+        .instrument(span),
+    );
+    let resp = sender.send_request(req).await?;
+    if !upgrade {
+        proxy.http.put_h1(key, sender);
+    }
+    Ok(resp)
 }
 
 /// The request as sent upstream: `parts` (headers already edited) with `host` and
