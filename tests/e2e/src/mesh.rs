@@ -595,11 +595,20 @@ fn log_level() -> String {
     std::env::var("MESH_E2E_LOG").unwrap_or_else(|_| "info".into())
 }
 
-/// A port free on `ip` right now (bound and released; good enough on loopback under the lock).
+/// Ports handed to components, below Linux's ephemeral range (32768-60999 by default): a port
+/// taken from that range could be grabbed, between our check and the component's bind, as the
+/// local port of any outgoing connection on the machine.
+const TEST_PORTS: std::ops::Range<u16> = 20000..32000;
+
+/// A port free on `ip` right now (bound and released), outside the ephemeral range.
 pub fn free_addr(ip: Ipv4Addr) -> anyhow::Result<SocketAddr> {
-    let l = std::net::TcpListener::bind((ip, 0))
-        .with_context(|| format!("binding a free port on {ip}"))?;
-    Ok(l.local_addr()?)
+    for _ in 0..200 {
+        let port = rand::random_range(TEST_PORTS);
+        if let Ok(l) = std::net::TcpListener::bind((ip, port)) {
+            return Ok(l.local_addr()?);
+        }
+    }
+    anyhow::bail!("no free port in {TEST_PORTS:?} on {ip} after 200 tries")
 }
 
 /// `ip` as an [`IpAddr`].
