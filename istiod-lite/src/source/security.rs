@@ -447,6 +447,32 @@ fn object_name(meta: &ObjectMeta) -> Result<(), FieldError> {
     }
 }
 
+/// How a policy attaches: a workload selector, or targetRef(s) (to a Gateway or Service), never
+/// both; each targetRef names a kind and a name.
+fn attachment(
+    sel: &Option<WorkloadSelector>,
+    target_ref: &Option<PolicyTargetReference>,
+    target_refs: &[PolicyTargetReference],
+) -> Result<(), FieldError> {
+    selector(sel)?;
+    let targets = target_ref.iter().chain(target_refs);
+    if sel.is_some() && targets.clone().next().is_some() {
+        return Err(FieldError::new(
+            "spec.targetRefs",
+            "selector and targetRef(s) are mutually exclusive",
+        ));
+    }
+    for (i, t) in targets.enumerate() {
+        if t.kind.is_empty() || t.name.is_empty() {
+            return Err(FieldError::new(
+                format!("spec.targetRefs[{i}]"),
+                "kind and name must not be empty",
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn selector(sel: &Option<WorkloadSelector>) -> Result<(), FieldError> {
     let Some(sel) = sel else { return Ok(()) };
     if sel.match_labels.keys().any(|k| k.is_empty()) {
@@ -502,22 +528,7 @@ impl Kind for AuthorizationPolicy {
     fn validate(&mut self) -> Result<(), FieldError> {
         object_name(&self.metadata)?;
         let spec = &self.spec;
-        selector(&spec.selector)?;
-        let targets = spec.target_ref.iter().chain(&spec.target_refs);
-        if spec.selector.is_some() && targets.clone().next().is_some() {
-            return Err(FieldError::new(
-                "spec.targetRefs",
-                "selector and targetRef(s) are mutually exclusive",
-            ));
-        }
-        for (i, t) in targets.enumerate() {
-            if t.kind.is_empty() || t.name.is_empty() {
-                return Err(FieldError::new(
-                    format!("spec.targetRefs[{i}]"),
-                    "kind and name must not be empty",
-                ));
-            }
-        }
+        attachment(&spec.selector, &spec.target_ref, &spec.target_refs)?;
         match (spec.action, &spec.provider) {
             (AuthorizationAction::Custom, p) if p.as_ref().is_none_or(|p| p.name.is_empty()) => {
                 return Err(FieldError::new(
@@ -752,22 +763,7 @@ impl Kind for RequestAuthentication {
     fn validate(&mut self) -> Result<(), FieldError> {
         object_name(&self.metadata)?;
         let spec = &self.spec;
-        selector(&spec.selector)?;
-        let targets = spec.target_ref.iter().chain(&spec.target_refs);
-        if spec.selector.is_some() && targets.clone().next().is_some() {
-            return Err(FieldError::new(
-                "spec.targetRefs",
-                "selector and targetRef(s) are mutually exclusive",
-            ));
-        }
-        for (i, t) in targets.enumerate() {
-            if t.kind.is_empty() || t.name.is_empty() {
-                return Err(FieldError::new(
-                    format!("spec.targetRefs[{i}]"),
-                    "kind and name must not be empty",
-                ));
-            }
-        }
+        attachment(&spec.selector, &spec.target_ref, &spec.target_refs)?;
         let mut issuers = std::collections::BTreeSet::new();
         for (i, r) in spec.jwt_rules.iter().enumerate() {
             let p = format!("spec.jwtRules[{i}]");
