@@ -170,10 +170,7 @@ pub fn stream_lines(
     loop {
         if chunked {
             // Move every complete chunk from `raw` to `body`.
-            loop {
-                let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") else {
-                    break;
-                };
+            while let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") {
                 let size_text = String::from_utf8_lossy(&raw[..eol]).into_owned();
                 let size_text = size_text.split(';').next().unwrap_or("").trim().to_string();
                 let size = usize::from_str_radix(&size_text, 16)

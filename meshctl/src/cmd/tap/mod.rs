@@ -251,7 +251,7 @@ fn row(ev: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Read, Write as _};
+    use std::io::Read;
     use std::net::TcpListener;
     use std::time::Duration;
 
