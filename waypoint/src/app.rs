@@ -153,6 +153,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         r = tokio::signal::ctrl_c() => { r?; info!("SIGINT received") },
     }
     shutdown.cancel();
+    crate::metrics::flush_access_log(std::time::Duration::from_secs(1));
     info!("waypoint stopped");
     Ok(())
 }

@@ -303,6 +303,29 @@ impl Drop for Tracked {
     }
 }
 
+/// A body that keeps `_guard` (a connection-pool slot) until the body is finished or dropped.
+struct Holding<G> {
+    inner: RespBody,
+    _guard: G,
+}
+
+impl<G: Unpin + Send + Sync + 'static> Body for Holding<G> {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Counts request body bytes as they are forwarded.
 struct Counting {
     inner: BoxBody<Bytes, BoxError>,
@@ -643,7 +666,7 @@ async fn handle_request(ctx: Arc<StreamCtx>, mut req: Request<Incoming>) -> Resp
         )
         .await;
         let retryable = match &outcome {
-            Ok(r) => retry
+            Ok((r, _)) => retry
                 .as_ref()
                 .is_some_and(|p| p.retries_status(r.status().as_u16())),
             Err(e) => {
@@ -672,10 +695,14 @@ async fn handle_request(ctx: Arc<StreamCtx>, mut req: Request<Incoming>) -> Resp
             }
         }
         break match outcome {
-            Ok(r) => {
+            Ok((r, admitted)) => {
                 let (p, b) = r.into_parts();
+                let body = Holding {
+                    inner: b.map_err(|e| Box::new(e) as BoxError).boxed(),
+                    _guard: admitted,
+                };
                 (
-                    Response::from_parts(p, b.map_err(|e| Box::new(e) as BoxError).boxed()),
+                    Response::from_parts(p, body.boxed()),
                     if attempt > 1 && retryable { "URX" } else { "-" },
                 )
             }
@@ -726,7 +753,7 @@ async fn attempt_once(
     body: RespBody,
     deadline: Option<Instant>,
     rec: &mut RequestRecord,
-) -> Result<Response<Incoming>, UpstreamError> {
+) -> Result<(Response<Incoming>, routes::pool::Admitted), UpstreamError> {
     let backend = rule.pick_backend().ok_or(UpstreamError::NoBackend)?;
     // The backend's connection pool first (DestinationRule connectionPool): overflow is UO,
     // waiting in its queue is bounded by the request deadline.
@@ -735,7 +762,7 @@ async fn attempt_once(
         .state
         .pool
         .admit(backend.cluster.policy.pool);
-    let _admitted = match deadline {
+    let admitted = match deadline {
         Some(d) => tokio::time::timeout_at(d.into(), admit)
             .await
             .map_err(|_| UpstreamError::Timeout(rule.timeout.unwrap_or_default()))??,
@@ -785,5 +812,6 @@ async fn attempt_once(
         Ok(r) => routes::outlier::Outcome::Status(r.status().as_u16()),
         Err(_) => routes::outlier::Outcome::LocalFailure,
     });
-    result
+    // The pool slot is the request's until its response body ends, not just its head.
+    result.map(|r| (r, admitted))
 }
