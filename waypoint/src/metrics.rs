@@ -220,12 +220,15 @@ struct Handles {
     response_bytes: metrics::Histogram,
 }
 
+/// A label set's values and its handles.
+type CachedSet = (Box<[Box<str>]>, Arc<Handles>);
+
 /// Handles by label set, so a request costs one hash and one compare instead of building and
 /// registering four 25-label keys (that was a third of the waypoint's CPU under load). It grows
 /// with the label sets seen, exactly as the recorder's own registry does.
 #[derive(Default)]
 struct HandleCache {
-    by_hash: std::sync::RwLock<HashMap<u64, Vec<(Box<[Box<str>]>, Arc<Handles>)>>>,
+    by_hash: std::sync::RwLock<HashMap<u64, Vec<CachedSet>>>,
 }
 
 impl HandleCache {
@@ -235,7 +238,10 @@ impl HandleCache {
         let hash = h.finish();
         let same = |k: &[Box<str>]| k.iter().map(|b| &**b).eq(values.iter().copied());
         let read = self.by_hash.read().unwrap_or_else(PoisonError::into_inner);
-        if let Some((_, found)) = read.get(&hash).and_then(|v| v.iter().find(|(k, _)| same(k))) {
+        if let Some((_, found)) = read
+            .get(&hash)
+            .and_then(|v| v.iter().find(|(k, _)| same(k)))
+        {
             return found.clone();
         }
         drop(read);
@@ -263,10 +269,13 @@ impl HandleCache {
 
 static HANDLES: LazyLock<HandleCache> = LazyLock::new(HandleCache::default);
 
-/// Where access-log lines go: a writer thread that takes whatever lines are queued and writes
-/// them with one call, so a busy waypoint makes a write per batch instead of one per request.
-/// Lines are written as soon as the thread runs (no timer), and a full queue makes the request
-/// wait rather than drop its line.
+/// Where access-log lines go: a writer thread that gathers the lines of up to [`LOG_LINGER`]
+/// (or [`LOG_BATCH`] bytes) and writes them with one call, so a busy waypoint makes a few
+/// hundred writes a second instead of one per request (Envoy buffers its file access logs the
+/// same way, for up to a second). A full queue makes the request wait rather than drop its line.
+const LOG_LINGER: Duration = Duration::from_millis(2);
+const LOG_BATCH: usize = 64 * 1024;
+
 struct AccessLog {
     tx: std::sync::mpsc::SyncSender<LogMsg>,
 }
@@ -284,25 +293,33 @@ impl AccessLog {
             .name("access-log".into())
             .spawn(move || {
                 let mut batch = Vec::with_capacity(64 * 1024);
+                let mut flushed = Vec::new();
                 let mut next = rx.recv().ok();
-                while let Some(msg) = next.take() {
+                while let Some(first) = next.take() {
                     batch.clear();
-                    let mut flushed = Vec::new();
-                    let mut msg = Some(msg);
-                    while let Some(m) = msg.take() {
-                        match m {
-                            LogMsg::Line(l) => batch.extend_from_slice(&l),
-                            LogMsg::Flush(done) => flushed.push(done),
+                    let linger_until = std::time::Instant::now() + LOG_LINGER;
+                    let mut msg = Some(first);
+                    loop {
+                        match msg.take() {
+                            Some(LogMsg::Line(l)) => batch.extend_from_slice(&l),
+                            Some(LogMsg::Flush(done)) => flushed.push(done),
+                            None => {}
                         }
-                        if batch.len() < 256 * 1024 {
-                            msg = rx.try_recv().ok();
+                        if batch.len() >= LOG_BATCH || !flushed.is_empty() {
+                            break;
+                        }
+                        let left =
+                            linger_until.saturating_duration_since(std::time::Instant::now());
+                        match rx.recv_timeout(left) {
+                            Ok(m) => msg = Some(m),
+                            Err(_) => break,
                         }
                     }
                     let mut out = std::io::stdout().lock();
                     // A closed stdout has nowhere to report to; the lines are dropped with it.
                     let _ = out.write_all(&batch).and_then(|()| out.flush());
                     drop(out);
-                    for done in flushed {
+                    for done in flushed.drain(..) {
                         let _ = done.send(());
                     }
                     next = rx.recv().ok();
@@ -315,7 +332,9 @@ impl AccessLog {
     }
 
     fn write(&self, line: Vec<u8>) {
-        if let Err(std::sync::mpsc::SendError(LogMsg::Line(line))) = self.tx.send(LogMsg::Line(line)) {
+        if let Err(std::sync::mpsc::SendError(LogMsg::Line(line))) =
+            self.tx.send(LogMsg::Line(line))
+        {
             // The writer thread is gone: write inline so no line is lost.
             let _ = std::io::stdout().lock().write_all(&line);
         }
@@ -515,12 +534,24 @@ mod tests {
         let b = cache.get(&r.label_values("200"));
         assert!(Arc::ptr_eq(&a, &b), "same labels, same handles");
         let c = cache.get(&r.label_values("503"));
-        assert!(!Arc::ptr_eq(&a, &c), "a different code is a different series");
+        assert!(
+            !Arc::ptr_eq(&a, &c),
+            "a different code is a different series"
+        );
         let mut other = r.clone();
         other.destination_workload = "w".into();
         let d = cache.get(&other.label_values("200"));
         assert!(!Arc::ptr_eq(&a, &d));
-        assert_eq!(cache.by_hash.read().unwrap().values().map(Vec::len).sum::<usize>(), 3);
+        assert_eq!(
+            cache
+                .by_hash
+                .read()
+                .unwrap()
+                .values()
+                .map(Vec::len)
+                .sum::<usize>(),
+            3
+        );
     }
 
     #[test]
