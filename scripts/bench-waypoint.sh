@@ -7,6 +7,10 @@
 #   nginx:    client pod -> nginx reverse-proxy pod -> backend pod, plain, namespace bench-plain
 #   waypoint: client pod (ambient namespace bench-mesh) -> captured by ztunnel -> HBONE mTLS ->
 #             waypoint pod (HTTPRoute-free default route) -> HBONE mTLS -> backend pod
+#   nginx-mtls: the same topology built from nginx, so the comparison is like for like: in the
+#             client pod an nginx on 127.0.0.1 (plain in, mTLS out) -> an nginx reverse-proxy
+#             pod (mTLS in, mTLS out) -> in the backend pod an nginx (mTLS in, plain out to
+#             127.0.0.1) -> the backend; ECDSA P-256 certificates from one CA, verified both ways
 #
 # Usage: bench-waypoint.sh BIN_DIR OUT.md SECS   (root; writes a markdown table to OUT.md)
 set -euo pipefail
@@ -55,6 +59,41 @@ PROXY=$(nginx_conf proxy "upstream b { server $P_BACKEND:8080; keepalive 64; }
              location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }")
 P_PROXY=$(M pod add proxy -n bench-plain --sa proxy -- "${NGINX[@]}" "$PROXY" 2>/dev/null)
 M pod add client -n bench-plain --sa client >/dev/null 2>&1
+
+# nginx-mtls: one CA, a certificate per hop (SAN mesh.local), mTLS verified in both directions.
+PKI=$STATE/pki; mkdir -p "$PKI"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=bench-ca \
+    -keyout "$PKI/ca.key" -out "$PKI/ca.crt" 2>/dev/null
+for h in out mid in; do
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$h" \
+        -keyout "$PKI/$h.key" -out "$PKI/$h.csr" 2>/dev/null
+    openssl x509 -req -in "$PKI/$h.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -days 2 \
+        -extfile <(printf 'subjectAltName=DNS:mesh.local\nextendedKeyUsage=serverAuth,clientAuth\n') \
+        -out "$PKI/$h.crt" 2>/dev/null
+done
+chmod 755 "$PKI" && chmod 644 "$PKI"/*
+tls_in() { # hop: mTLS server directives
+    echo "listen 8443 ssl; ssl_certificate $PKI/$1.crt; ssl_certificate_key $PKI/$1.key;
+          ssl_client_certificate $PKI/ca.crt; ssl_verify_client on; ssl_protocols TLSv1.3;"
+}
+tls_out() { # hop: mTLS client directives
+    echo "proxy_ssl_certificate $PKI/$1.crt; proxy_ssl_certificate_key $PKI/$1.key;
+          proxy_ssl_trusted_certificate $PKI/ca.crt; proxy_ssl_verify on; proxy_ssl_name mesh.local;
+          proxy_ssl_protocols TLSv1.3; proxy_ssl_session_reuse on;
+          proxy_http_version 1.1; proxy_set_header Connection \"\";"
+}
+CHAIN_IN=$(nginx_conf chain-in "upstream app { server 127.0.0.1:8080; keepalive 64; }
+    server { listen 8080; listen 8081 http2; root $STATE/www; }
+    server { $(tls_in in) location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }")
+mkdir -p "$STATE/chain-in.tmp" "$STATE/chain-mid.tmp" "$STATE/chain-out.tmp"
+P_CIN=$(M pod add chain-backend -n bench-plain --sa backend -- "${NGINX[@]}" "$CHAIN_IN" 2>/dev/null)
+CHAIN_MID=$(nginx_conf chain-mid "upstream next { server $P_CIN:8443; keepalive 64; }
+    server { $(tls_in mid) location / { proxy_pass https://next; $(tls_out mid) } }")
+P_CMID=$(M pod add chain-proxy -n bench-plain --sa proxy -- "${NGINX[@]}" "$CHAIN_MID" 2>/dev/null)
+CHAIN_OUT=$(nginx_conf chain-out "upstream next { server $P_CMID:8443; keepalive 64; }
+    server { listen 127.0.0.1:8080; listen 127.0.0.1:8081 http2;
+             location / { proxy_pass https://next; $(tls_out out) } }")
+M pod add chain-client -n bench-plain --sa client -- "${NGINX[@]}" "$CHAIN_OUT" >/dev/null 2>&1
 M_BACKEND=$(M pod add backend -n bench-mesh --sa backend --label app=backend -- "${NGINX[@]}" "$BACKEND" 2>/dev/null)
 M pod add client -n bench-mesh --sa client >/dev/null 2>&1
 cat >"$STATE/s/config/service.bench-mesh.backend.yaml" <<YAML
@@ -69,31 +108,35 @@ spec:
   - {name: http2, port: 8081, targetPort: 8081, appProtocol: http2}
 YAML
 "$BIN/meshctl" waypoint --local "$NAME" --state-dir "$STATE/s" -n bench-mesh apply --enroll-namespace --wait >/dev/null
-E() { local ns=$1; shift; M exec client -n "$ns" -- "$@"; }
+# E NS POD CMD...: run CMD in a client pod.
+E() { local ns=$1 pod=$2; shift 2; M exec "$pod" -n "$ns" -- "$@"; }
 
-declare -A URL1 URL2 NS
+declare -A URL1 URL2 NS POD
+MODES="direct nginx nginx-mtls waypoint"
 URL1[direct]=http://$P_BACKEND:8080/1k URL2[direct]=http://$P_BACKEND:8081/1k NS[direct]=bench-plain
 URL1[nginx]=http://$P_PROXY:8080/1k URL2[nginx]=http://$P_PROXY:8081/1k NS[nginx]=bench-plain
+URL1[nginx-mtls]=http://127.0.0.1:8080/1k URL2[nginx-mtls]=http://127.0.0.1:8081/1k NS[nginx-mtls]=bench-plain
 URL1[waypoint]=http://10.96.0.30:8080/1k URL2[waypoint]=http://10.96.0.30:8081/1k NS[waypoint]=bench-mesh
-for mode in direct nginx waypoint; do  # ready: one good request each (readiness, not a sleep)
+POD[direct]=client POD[nginx]=client POD[nginx-mtls]=chain-client POD[waypoint]=client
+for mode in $MODES; do  # ready: one good request each (readiness, not a sleep)
     for i in $(seq 1 200); do
-        E ${NS[$mode]} curl -fsS -o /dev/null --max-time 2 "${URL1[$mode]}" 2>/dev/null && break
+        E ${NS[$mode]} ${POD[$mode]} curl -fsS -o /dev/null --max-time 2 "${URL1[$mode]}" 2>/dev/null && break
         sleep 0.05
     done
-    E ${NS[$mode]} curl -fsS -o /dev/null --max-time 2 "${URL1[$mode]}" || die "$mode path not serving ${URL1[$mode]}"
-    E ${NS[$mode]} curl -fsS -o /dev/null --max-time 2 --http2-prior-knowledge "${URL2[$mode]}" || die "$mode path not serving h2c ${URL2[$mode]}"
+    E ${NS[$mode]} ${POD[$mode]} curl -fsS -o /dev/null --max-time 2 "${URL1[$mode]}" || die "$mode path not serving ${URL1[$mode]}"
+    E ${NS[$mode]} ${POD[$mode]} curl -fsS -o /dev/null --max-time 2 --http2-prior-knowledge "${URL2[$mode]}" || die "$mode path not serving h2c ${URL2[$mode]}"
 done
 
 declare -A R
-for mode in direct nginx waypoint; do
+for mode in $MODES; do
     echo "==> $mode: wrk (HTTP/1.1) and h2load (HTTP/2), $SECS s each, 32 connections"
-    out=$(E ${NS[$mode]} wrk -t 2 -c 32 -d "${SECS}s" --latency "${URL1[$mode]}")
+    out=$(E ${NS[$mode]} ${POD[$mode]} wrk -t 2 -c 32 -d "${SECS}s" --latency "${URL1[$mode]}")
     R[$mode.h1_rps]=$(echo "$out" | awk '/^Requests\/sec/ {printf "%.0f", $2}')
     R[$mode.h1_p50]=$(echo "$out" | awk '$1=="50%" {print $2}')
     R[$mode.h1_p99]=$(echo "$out" | awk '$1=="99%" {print $2}')
     echo "$out" | grep -q "Non-2xx" && die "$mode: wrk saw non-2xx answers: $out"
     log=$STATE/h2-$mode.log
-    out=$(E ${NS[$mode]} h2load -c 32 -m 8 -t 2 -D "$SECS" --log-file="$log" "${URL2[$mode]}")
+    out=$(E ${NS[$mode]} ${POD[$mode]} h2load -c 32 -m 8 -t 2 -D "$SECS" --log-file="$log" "${URL2[$mode]}")
     R[$mode.h2_rps]=$(echo "$out" | awk '/^finished in/ {gsub(",","",$4); printf "%.0f", $4}')
     echo "$out" | grep -q "0 failed" || die "$mode: h2load saw failures: $out"
     read -r p50 p99 < <(python3 - "$log" <<'PY'
@@ -116,11 +159,13 @@ python3 - "$OUT" <<PY
 import sys
 R = {$(for k in "${!R[@]}"; do printf '"%s": "%s", ' "$k" "${R[$k]}"; done)}
 f = lambda k: float(R[k] or 0)
-out = ["| figure | direct | nginx reverse proxy | waypoint (mTLS both sides) | waypoint vs nginx |", "|---|---|---|---|---|"]
+out = ["| figure | direct | nginx reverse proxy | nginx mTLS chain (same topology) | waypoint (mTLS both sides) | waypoint vs nginx | waypoint vs nginx mTLS chain |", "|---|---|---|---|---|---|---|"]
 for proto, name in (("h1", "HTTP/1.1 (wrk -t2 -c32)"), ("h2", "HTTP/2 h2c (h2load -c32 -m8)")):
-    out.append(f"| {name} requests/s | {R['direct.'+proto+'_rps']} | {R['nginx.'+proto+'_rps']} | {R['waypoint.'+proto+'_rps']} | {f('waypoint.'+proto+'_rps')/max(f('nginx.'+proto+'_rps'),1):.2f}x |")
-    out.append(f"| {name} latency p50 | {R['direct.'+proto+'_p50']} | {R['nginx.'+proto+'_p50']} | {R['waypoint.'+proto+'_p50']} | |")
-    out.append(f"| {name} latency p99 | {R['direct.'+proto+'_p99']} | {R['nginx.'+proto+'_p99']} | {R['waypoint.'+proto+'_p99']} | |")
+    cells = lambda k: " | ".join(R[m + "." + proto + "_" + k] for m in ("direct", "nginx", "nginx-mtls", "waypoint"))
+    ratio = lambda m: f"{f('waypoint.'+proto+'_rps')/max(f(m+'.'+proto+'_rps'),1):.2f}x"
+    out.append(f"| {name} requests/s | {cells('rps')} | {ratio('nginx')} | {ratio('nginx-mtls')} |")
+    out.append(f"| {name} latency p50 | {cells('p50')} | | |")
+    out.append(f"| {name} latency p99 | {cells('p99')} | | |")
 open(sys.argv[1], "w").write("\n".join(out) + "\n")
 PY
 cat "$OUT"
