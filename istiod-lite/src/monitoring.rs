@@ -164,6 +164,9 @@ fn handle(state: &MonitoringState, req: Request<Incoming>) -> Response<Full<Byte
         "/debug/gateways" => json(&crate::model::gateway_status::waypoint_statuses(
             &state.config.borrow().clone(),
         )),
+        "/debug/routes" => json(&crate::model::gateway_status::route::route_statuses(
+            &state.config.borrow().clone(),
+        )),
         "/debug/config_dump" => {
             let proxy_id = req.uri().query().and_then(|q| query_param(q, "proxyID"));
             match crate::xds::debug::config_dump(&state.clients, proxy_id.as_deref()) {
@@ -176,7 +179,7 @@ fn handle(state: &MonitoringState, req: Request<Incoming>) -> Response<Full<Byte
         }
         "/" => text(
             StatusCode::OK,
-            "/metrics\n/ready\n/debug/connections\n/debug/config\n/debug/config_dump?proxyID=<node name or node id>\n".into(),
+            "/metrics\n/ready\n/debug/connections\n/debug/config\n/debug/gateways\n/debug/routes\n/debug/config_dump?proxyID=<node name or node id>\n".into(),
         ),
         _ => text(StatusCode::NOT_FOUND, "not found; try /\n".into()),
     }

@@ -299,16 +299,19 @@ def check_common(objs, values, label, namespace):
                             problems.append(f"{v} on {g}/{res}")
                         if v not in ("get", "list", "watch"):
                             writes.add((g, res, v))
-        allowed_writes = {("authentication.k8s.io", "tokenreviews", "create")}
-        for res in ("gateways/status", "httproutes/status", "grpcroutes/status"):
-            allowed_writes |= {("gateway.networking.k8s.io", res, v) for v in ("update", "patch")}
+        # Status is written with patches only (server-side apply for Gateways, merge patches
+        # for routes and policies).
+        status_writes = {("gateway.networking.k8s.io", res, "patch")
+                         for res in ("gateways/status", "httproutes/status", "grpcroutes/status")}
+        status_writes |= {("security.istio.io", res, "patch")
+                          for res in ("authorizationpolicies/status", "requestauthentications/status")}
+        allowed_writes = {("authentication.k8s.io", "tokenreviews", "create")} | status_writes
         for g, res in (("apps", "deployments"), ("", "services"), ("", "serviceaccounts")):
             allowed_writes |= {(g, res, v) for v in ("create", "update", "patch")}
         extra = writes - allowed_writes
         if extra:
             problems.append("unexpected write verbs " + ", ".join(f"{g}/{r}:{v}" for g, r, v in sorted(extra)))
-        must = {("authentication.k8s.io", "tokenreviews", "create"), ("gateway.networking.k8s.io", "gateways/status", "update"),
-                ("gateway.networking.k8s.io", "httproutes/status", "update"), ("apps", "deployments", "create")}
+        must = {("authentication.k8s.io", "tokenreviews", "create"), ("apps", "deployments", "create")} | status_writes
         missing = must - writes
         if missing:
             problems.append("missing " + ", ".join(f"{g}/{r}:{v}" for g, r, v in sorted(missing)))

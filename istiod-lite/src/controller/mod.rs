@@ -1,8 +1,9 @@
 //! Kubernetes mode: the API-server config source, ServiceAccount-token authentication, leader
-//! election ([`leader`]) and the waypoint controller ([`waypoint`]). Only the leader writes;
-//! every replica serves xDS and the CA.
+//! election ([`leader`]), the waypoint controller ([`waypoint`]) and the route and policy
+//! status writer ([`status`]). Only the leader writes; every replica serves xDS and the CA.
 
 pub mod leader;
+pub mod status;
 pub mod waypoint;
 
 use std::sync::Arc;
@@ -53,6 +54,15 @@ pub async fn start(cfg: &Config, shutdown: watch::Receiver<bool>) -> Result<Kube
 
     let mut tasks = Vec::new();
     let (leader_tx, leader_rx) = watch::channel(false);
+    let status_writer = status::StatusWriter::new(
+        client.clone(),
+        status::StatusSettings::new(&cfg.root_namespace),
+    );
+    tasks.push(tokio::spawn(
+        status_writer
+            .run(source.status_inputs(), leader_rx.clone(), shutdown.clone())
+            .instrument(tracing::info_span!("status-writer")),
+    ));
     let elector = leader::LeaderElector::new(
         client.clone(),
         leader::LeaseSettings::new(&cfg.kube.namespace, &cfg.kube.pod_name),

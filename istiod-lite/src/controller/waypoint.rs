@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::runtime::watcher;
 use kube::Client;
@@ -402,20 +401,13 @@ fn key_of(o: &DynamicObject) -> ObjectKey {
 /// The status we want, keeping `lastTransitionTime` of conditions whose status is unchanged.
 fn desired_status(gw: &DynamicObject, programmed: (&str, &str, String), hostname: &str) -> Value {
     let generation = gw.metadata.generation.unwrap_or(0);
-    let now = Timestamp::from_second(Timestamp::now().as_second())
-        .unwrap_or(Timestamp::UNIX_EPOCH)
-        .to_string();
+    let now = super::status::now_rfc3339();
     let existing = gw.data["status"]["conditions"]
         .as_array()
         .cloned()
         .unwrap_or_default();
     let cond = |type_: &str, status: &str, reason: &str, message: String| {
-        let since = existing
-            .iter()
-            .find(|c| c["type"] == type_ && c["status"] == status)
-            .and_then(|c| c["lastTransitionTime"].as_str())
-            .map(str::to_string)
-            .unwrap_or_else(|| now.clone());
+        let since = super::status::transition_time(&existing, type_, status, &now);
         json!({"type": type_, "status": status, "reason": reason, "message": message,
                "observedGeneration": generation, "lastTransitionTime": since})
     };

@@ -1,13 +1,19 @@
-//! Gateway status as Gateway API reports it (`Accepted`, `Programmed`), for waypoint Gateways.
+//! Status as Gateway API (and Istio) report it: waypoint Gateways' `Accepted` and `Programmed`
+//! (here), routes' per-parent `Accepted` and `ResolvedRefs` ([`route`]), and the
+//! `WaypointAccepted` condition of policies attached with `targetRefs` ([`policy`]).
 //!
-//! In Kubernetes mode the waypoint controller writes these conditions to the Gateway objects; in
-//! local mode nothing can be written back to the YAML files, so istiod-lite serves them at
-//! `/debug/gateways` (what `meshctl waypoint status|list --wait` read).
+//! In Kubernetes mode the leader writes these to the objects (the waypoint controller for
+//! Gateways, [`crate::controller::status`] for routes and policies); in local mode nothing can
+//! be written back to the YAML files, so istiod-lite serves them at `/debug/gateways` (what
+//! `meshctl waypoint status|list --wait` read) and `/debug/routes`.
 //!
 //! `Accepted`: the Gateway parsed and is of class `istio-waypoint` with its HBONE listener
 //! (invalid ones never reach the snapshot: their errors are reported by the source).
 //! `Programmed`: at least one waypoint pod (label `gateway.networking.k8s.io/gateway-name`) is
 //! ready with an IP, so clients have somewhere to send the traffic.
+
+pub mod policy;
+pub mod route;
 
 use serde::Serialize;
 
@@ -133,3 +139,6 @@ mod tests {
         assert_eq!(ready[0].instances, vec!["app/waypoint-0 10.0.0.7"]);
     }
 }
+
+#[cfg(test)]
+mod status_tests;

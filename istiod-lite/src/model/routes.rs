@@ -17,8 +17,14 @@
 //! GRPCRoute wins and the VirtualService is ignored for that port, with a warning.
 //! DestinationRules ([`destination_rule`]) give every backend its subset's endpoints and its
 //! merged traffic policy, whichever API routed to it.
+//!
+//! Localities: every endpoint carries its pod's locality (node topology labels), and each
+//! resource lists the waypoint's own pods with theirs, so a replica can rank endpoints relative
+//! to where it runs (`localityLbSetting`, evaluated by the waypoint).
 
 mod destination_rule;
+#[cfg(test)]
+mod locality_tests;
 #[cfg(test)]
 mod networking_tests;
 mod virtual_service;
@@ -34,7 +40,7 @@ use mesh_proto::workload::AppProtocol;
 use super::service::{app_protocol, hostname, resolve_port, service_key};
 use super::workload::{canonical_name, canonical_revision, ip_bytes, is_ambient};
 use super::ModelParams;
-use crate::source::gateway::{self as gw, ObjectRef};
+use crate::source::gateway::{self as gw, ObjectRef, GATEWAY_NAME_LABEL};
 use crate::source::{ConfigSnapshot, ObjectKey, Service};
 
 /// Istio's default number of retries when a rule has a `retry` without `attempts`.
@@ -62,8 +68,11 @@ pub fn translate(
     out
 }
 
-/// A route attached to `svc` (port `port`) or to its waypoint `wp`.
+/// A route attached to `svc` (port `port`) or to its waypoint `wp` (a listener it names, from
+/// the waypoint's own namespace: the same rule its status reports, see
+/// [`super::gateway_status::route`]).
 fn attached(
+    cfg: &ConfigSnapshot,
     route_ns: &str,
     parents: &[ObjectRef],
     svc: &Service,
@@ -78,7 +87,10 @@ fn attached(
                 && p.name == svc.metadata.name
                 && p.port.is_none_or(|pp| pp == port)
         } else {
-            p.is_gateway() && ns == wp.namespace && p.name == wp.name
+            p.is_gateway()
+                && ns == wp.namespace
+                && p.name == wp.name
+                && super::gateway_status::route::waypoint_parent_problem(cfg, route_ns, p).is_none()
         }
     })
 }
@@ -96,7 +108,7 @@ fn service_routes(
         let mut http = false;
         let mut grpc = false;
         for (key, r) in &cfg.http_routes {
-            if attached(&key.namespace, &r.spec.parent_refs, svc, sp.port, wp) {
+            if attached(cfg, &key.namespace, &r.spec.parent_refs, svc, sp.port, wp) {
                 http = true;
                 for (i, rule) in r.spec.rules.iter().enumerate() {
                     rules.push(http_rule(
@@ -111,7 +123,7 @@ fn service_routes(
             }
         }
         for (key, r) in &cfg.grpc_routes {
-            if attached(&key.namespace, &r.spec.parent_refs, svc, sp.port, wp) {
+            if attached(cfg, &key.namespace, &r.spec.parent_refs, svc, sp.port, wp) {
                 grpc = true;
                 for (i, rule) in r.spec.rules.iter().enumerate() {
                     rules.push(grpc_rule(
@@ -180,8 +192,37 @@ fn service_routes(
         hostname: hostname(&svc.metadata.name, ns),
         addresses: svc.spec.ip.map(ip_bytes).into_iter().collect(),
         ports,
+        waypoint_instances: waypoint_instances(cfg, wp),
         ..Default::default()
     }
+}
+
+fn locality(l: crate::source::Locality) -> route::Locality {
+    route::Locality {
+        region: l.region,
+        zone: l.zone,
+        subzone: l.subzone,
+    }
+}
+
+/// The pods of waypoint `wp` whose locality is known, by name: each replica looks itself up
+/// to rank endpoints by locality relative to its own (replicas may run in different zones, so
+/// one shared view cannot carry per-replica priorities).
+fn waypoint_instances(cfg: &ConfigSnapshot, wp: &ObjectKey) -> Vec<route::WaypointInstance> {
+    let range =
+        ObjectKey::new(&wp.namespace, "")..ObjectKey::new(format!("{}\0", wp.namespace), "");
+    cfg.pods
+        .range(range)
+        .map(|(_, p)| p)
+        .filter(|p| p.metadata.labels.get(GATEWAY_NAME_LABEL) == Some(&wp.name))
+        .filter(|p| !p.is_terminated())
+        .filter_map(|p| {
+            Some(route::WaypointInstance {
+                pod_name: p.metadata.name.clone(),
+                locality: Some(locality(cfg.pod_locality(p)?)),
+            })
+        })
+        .collect()
 }
 
 /// Backend `name.ns:port` with the endpoints of the pods the Service selects (narrowed to
@@ -228,6 +269,7 @@ fn backend(
     };
     let sel = &svc.spec.selector;
     if sel.is_empty() {
+        b.endpoints = slice_backend_endpoints(cfg, params, svc, port, subset_labels);
         return b;
     }
     let range = ObjectKey::new(ns, "")..ObjectKey::new(format!("{ns}\0"), "");
@@ -244,24 +286,83 @@ fn backend(
         let (Some(ip), Some(p)) = (pod.status.ip, resolve_port(svc, sp, Some(pod))) else {
             continue;
         };
-        b.endpoints.push(Endpoint {
-            address: ip_bytes(ip),
-            port: p.target_port,
-            identity: format!(
-                "spiffe://{}/ns/{ns}/sa/{}",
-                params.trust_domain,
-                pod.service_account()
-            ),
-            workload_name: pod.metadata.name.clone(),
-            namespace: ns.to_string(),
-            canonical_name: canonical_name(pod),
-            canonical_revision: canonical_revision(pod),
-            cluster_id: params.cluster_id.clone(),
-            healthy: true,
-            hbone: is_ambient(pod, cfg.namespace_labels(ns)),
-        });
+        b.endpoints
+            .push(pod_endpoint(cfg, params, pod, ip, p.target_port));
     }
     b
+}
+
+/// The endpoint of a ready `pod` at `ip:port`.
+fn pod_endpoint(
+    cfg: &ConfigSnapshot,
+    params: &ModelParams,
+    pod: &crate::source::Pod,
+    ip: std::net::IpAddr,
+    port: u32,
+) -> Endpoint {
+    let ns = pod.metadata.ns();
+    Endpoint {
+        address: ip_bytes(ip),
+        port,
+        identity: format!(
+            "spiffe://{}/ns/{ns}/sa/{}",
+            params.trust_domain,
+            pod.service_account()
+        ),
+        workload_name: pod.metadata.name.clone(),
+        namespace: ns.to_string(),
+        canonical_name: canonical_name(pod),
+        canonical_revision: canonical_revision(pod),
+        cluster_id: params.cluster_id.clone(),
+        healthy: true,
+        hbone: is_ambient(pod, cfg.namespace_labels(ns)),
+        locality: cfg.pod_locality(pod).map(locality),
+    }
+}
+
+/// Endpoints of selector-less `svc` on `port`, from its EndpointSlices (see
+/// [`super::service`]): ready pods named by `targetRef`, and ready address-only endpoints
+/// (plain TCP, no identity; a subset, which selects by pod labels, never includes them).
+fn slice_backend_endpoints(
+    cfg: &ConfigSnapshot,
+    params: &ModelParams,
+    svc: &Service,
+    port: u16,
+    subset_labels: Option<&std::collections::BTreeMap<String, String>>,
+) -> Vec<Endpoint> {
+    let mut out = Vec::new();
+    for ep in super::service::slice_endpoints(cfg, svc) {
+        let Some(p) = ep.ports.iter().find(|p| p.service_port == u32::from(port)) else {
+            continue;
+        };
+        let Some(ip) = ep.endpoint.ips.first().copied() else {
+            continue;
+        };
+        match ep.pod {
+            Some(pod) => {
+                let selected = subset_labels
+                    .into_iter()
+                    .flatten()
+                    .all(|(k, v)| pod.metadata.labels.get(k) == Some(v));
+                if selected && pod.is_ready() && !pod.is_terminated() {
+                    out.push(pod_endpoint(cfg, params, pod, ip, p.target_port));
+                }
+            }
+            None if subset_labels.is_none_or(|l| l.is_empty()) && ep.endpoint.is_ready() => {
+                out.push(Endpoint {
+                    address: ip_bytes(ip),
+                    port: p.target_port,
+                    workload_name: ep.slice.metadata.name.clone(),
+                    namespace: ep.slice.metadata.ns().to_string(),
+                    cluster_id: params.cluster_id.clone(),
+                    healthy: true,
+                    ..Default::default()
+                });
+            }
+            None => {}
+        }
+    }
+    out
 }
 
 fn backends(

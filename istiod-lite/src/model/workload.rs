@@ -1,12 +1,15 @@
-//! Pod → `istio.workload.Workload`.
+//! Pod → `istio.workload.Workload`, and the address-only workloads of EndpointSlice endpoints
+//! that are not pods (see [`super::service`] for how Services get their endpoints).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use mesh_proto::workload::{PortList, TunnelProtocol, Workload, WorkloadStatus, WorkloadType};
+use mesh_proto::workload::{
+    NetworkMode, PortList, TunnelProtocol, Workload, WorkloadStatus, WorkloadType,
+};
 
 use super::authorization::Policies;
-use super::service::{hostname, resolve_port, service_key};
+use super::service::{address_workload_uid, hostname, resolve_port, service_key, SliceIndex};
 use super::ModelParams;
 use crate::source::{ConfigSnapshot, Pod};
 
@@ -77,11 +80,13 @@ pub(crate) fn ip_bytes(ip: IpAddr) -> Vec<u8> {
 }
 
 /// Translates one pod; `None` when it has no IP yet or has terminated. `policies` gives the
-/// selector-scoped and PeerAuthentication policies it lists.
+/// selector-scoped and PeerAuthentication policies it lists; `slices` the selector-less
+/// Services whose EndpointSlices name it.
 pub fn translate_pod(
     cfg: &ConfigSnapshot,
     params: &ModelParams,
     policies: &Policies,
+    slices: &SliceIndex<'_>,
     pod: &Pod,
 ) -> Option<Workload> {
     // A scheduled pod is pushed before it has an IP (without addresses): its node's ztunnel
@@ -106,7 +111,7 @@ pub fn translate_pod(
         crate::source::ObjectKey::new(ns, "")..crate::source::ObjectKey::new(format!("{ns}\0"), "");
     for svc in cfg.services.range(range).map(|(_, s)| s) {
         let sel = &svc.spec.selector;
-        // A Service without a selector selects nothing (its endpoints would be managed by hand).
+        // A Service without a selector selects nothing: its EndpointSlices say (below).
         if sel.is_empty()
             || !sel
                 .iter()
@@ -123,6 +128,16 @@ pub fn translate_pod(
         services.insert(
             service_key(ns, &hostname(&svc.metadata.name, ns)),
             PortList { ports },
+        );
+    }
+
+    let pod_key = crate::source::ObjectKey::new(ns, name.clone());
+    for (key, ports) in slices.pods.get(&pod_key).into_iter().flatten() {
+        services.insert(
+            key.clone(),
+            PortList {
+                ports: ports.clone(),
+            },
         );
     }
 
@@ -147,6 +162,13 @@ pub fn translate_pod(
         native_tunnel: is_waypoint,
         waypoint: super::waypoint::pod_waypoint(cfg, pod)
             .map(|k| super::waypoint::gateway_address(&k)),
+        locality: cfg
+            .pod_locality(pod)
+            .map(|l| mesh_proto::workload::Locality {
+                region: l.region,
+                zone: l.zone,
+                subzone: l.subzone,
+            }),
         ..Default::default()
     };
     w.set_tunnel_protocol(tunnel);
@@ -165,15 +187,65 @@ pub fn translate(
     params: &ModelParams,
     policies: &Policies,
 ) -> Vec<(String, Workload)> {
-    cfg.pods
+    let slices = SliceIndex::build(cfg);
+    let mut out: Vec<(String, Workload)> = cfg
+        .pods
         .values()
         .filter_map(|pod| {
-            let w = translate_pod(cfg, params, policies, pod);
+            let w = translate_pod(cfg, params, policies, &slices, pod);
             if w.is_none() {
                 tracing::debug!(namespace = pod.metadata.ns(), pod = %pod.metadata.name, "unscheduled or terminated pod not pushed");
             }
             w
         })
         .map(|w| (w.uid.clone(), w))
-        .collect()
+        .collect();
+    out.extend(address_workloads(params, &slices));
+    out
+}
+
+/// The workloads of EndpointSlice endpoints that are not pods, as Istio pushes them: no
+/// identity, no HBONE, no policies; a shared (host network) address, since nothing says it is
+/// unique; healthy unless `conditions.ready` is false. One workload per endpoint per slice,
+/// serving the slice's Service.
+pub fn address_workloads(params: &ModelParams, slices: &SliceIndex<'_>) -> Vec<(String, Workload)> {
+    let mut out: Vec<(String, Workload)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (svc, ep) in &slices.addresses {
+        let ns = ep.slice.metadata.ns();
+        let Some(first) = ep.endpoint.ips.first() else {
+            continue;
+        };
+        let uid = address_workload_uid(&params.cluster_id, ns, &ep.slice.metadata.name, *first);
+        if !seen.insert(uid.clone()) {
+            tracing::warn!(slice = %format!("{ns}/{}", ep.slice.metadata.name), address = %first, "address listed twice in one EndpointSlice; the second is ignored");
+            continue;
+        }
+        let key = service_key(ns, &hostname(&svc.metadata.name, svc.metadata.ns()));
+        let mut w = Workload {
+            uid: uid.clone(),
+            name: ep.slice.metadata.name.clone(),
+            namespace: ns.to_string(),
+            addresses: ep.endpoint.ips.iter().copied().map(ip_bytes).collect(),
+            trust_domain: params.trust_domain.clone(),
+            services: [(
+                key,
+                PortList {
+                    ports: ep.ports.clone(),
+                },
+            )]
+            .into(),
+            cluster_id: params.cluster_id.clone(),
+            ..Default::default()
+        };
+        w.set_tunnel_protocol(TunnelProtocol::None);
+        w.set_network_mode(NetworkMode::HostNetwork);
+        w.set_status(if ep.endpoint.is_ready() {
+            WorkloadStatus::Healthy
+        } else {
+            WorkloadStatus::Unhealthy
+        });
+        out.push((uid, w));
+    }
+    out
 }

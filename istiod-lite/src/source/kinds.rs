@@ -11,6 +11,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 
+use super::discovery::{EndpointSlice, DISCOVERY_GROUP, DISCOVERY_VERSIONS};
 use super::gateway::{Gateway, GrpcRoute, HttpRoute, GATEWAY_GROUP, GATEWAY_VERSIONS};
 use super::networking::{DestinationRule, VirtualService, NETWORKING_GROUP, NETWORKING_VERSIONS};
 use super::security::{
@@ -86,6 +87,60 @@ pub struct Namespace {
 pub struct ServiceAccount {
     /// Metadata.
     pub metadata: ObjectMeta,
+}
+
+/// Node label giving its region (Kubernetes well-known label).
+pub const REGION_LABEL: &str = "topology.kubernetes.io/region";
+/// Node label giving its zone (Kubernetes well-known label).
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+/// Istio's sub-zone label: on the node (Istio), or on the pod (overrides the node's here).
+pub const SUBZONE_LABEL: &str = "topology.istio.io/subzone";
+/// Deprecated forms of the region and zone labels, still read when the GA ones are absent.
+const LEGACY_REGION_LABEL: &str = "failure-domain.beta.kubernetes.io/region";
+const LEGACY_ZONE_LABEL: &str = "failure-domain.beta.kubernetes.io/zone";
+
+/// core/v1 Node: only its labels are used (the locality of the pods scheduled on it).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Node {
+    /// Metadata (labels carry the topology).
+    pub metadata: ObjectMeta,
+}
+
+/// Where a workload runs; empty strings are unknown.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Locality {
+    /// Region.
+    pub region: String,
+    /// Zone.
+    pub zone: String,
+    /// Sub-zone.
+    pub subzone: String,
+}
+
+impl Locality {
+    /// A pod's locality from its labels and its node's: region and zone from the node, the
+    /// subzone from the pod's label, else the node's. `None` when nothing is known.
+    pub fn of(
+        pod_labels: &BTreeMap<String, String>,
+        node_labels: Option<&BTreeMap<String, String>>,
+    ) -> Option<Locality> {
+        let node = |keys: &[&str]| {
+            node_labels
+                .and_then(|l| keys.iter().find_map(|k| l.get(*k)))
+                .cloned()
+                .unwrap_or_default()
+        };
+        let l = Locality {
+            region: node(&[REGION_LABEL, LEGACY_REGION_LABEL]),
+            zone: node(&[ZONE_LABEL, LEGACY_ZONE_LABEL]),
+            subzone: pod_labels
+                .get(SUBZONE_LABEL)
+                .filter(|s| !s.is_empty())
+                .cloned()
+                .unwrap_or_else(|| node(&[SUBZONE_LABEL])),
+        };
+        (!l.region.is_empty() || !l.zone.is_empty() || !l.subzone.is_empty()).then_some(l)
+    }
 }
 
 /// core/v1 Pod.
@@ -307,6 +362,14 @@ impl Kind for Namespace {
     }
 }
 
+impl Kind for Node {
+    const KIND: &'static str = "Node";
+    const NAMESPACED: bool = false;
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
 impl Kind for ServiceAccount {
     const KIND: &'static str = "ServiceAccount";
     const NAMESPACED: bool = true;
@@ -389,6 +452,10 @@ pub enum Object {
     Service(Arc<Service>),
     /// A ServiceAccount.
     ServiceAccount(Arc<ServiceAccount>),
+    /// A Node (its topology labels give pods their locality).
+    Node(Arc<Node>),
+    /// A discovery.k8s.io EndpointSlice (endpoints of Services without a selector).
+    EndpointSlice(Arc<EndpointSlice>),
     /// A security.istio.io AuthorizationPolicy.
     AuthorizationPolicy(Arc<AuthorizationPolicy>),
     /// A security.istio.io PeerAuthentication.
@@ -425,6 +492,16 @@ impl From<Service> for Object {
 impl From<ServiceAccount> for Object {
     fn from(v: ServiceAccount) -> Self {
         Object::ServiceAccount(Arc::new(v))
+    }
+}
+impl From<Node> for Object {
+    fn from(v: Node) -> Self {
+        Object::Node(Arc::new(v))
+    }
+}
+impl From<EndpointSlice> for Object {
+    fn from(v: EndpointSlice) -> Self {
+        Object::EndpointSlice(Arc::new(v))
     }
 }
 impl From<AuthorizationPolicy> for Object {
@@ -477,6 +554,8 @@ impl Object {
             Object::Pod(_) => Pod::KIND,
             Object::Service(_) => Service::KIND,
             Object::ServiceAccount(_) => ServiceAccount::KIND,
+            Object::Node(_) => Node::KIND,
+            Object::EndpointSlice(_) => EndpointSlice::KIND,
             Object::AuthorizationPolicy(_) => AuthorizationPolicy::KIND,
             Object::PeerAuthentication(_) => PeerAuthentication::KIND,
             Object::RequestAuthentication(_) => RequestAuthentication::KIND,
@@ -495,6 +574,8 @@ impl Object {
             Object::Pod(o) => &o.metadata,
             Object::Service(o) => &o.metadata,
             Object::ServiceAccount(o) => &o.metadata,
+            Object::Node(o) => &o.metadata,
+            Object::EndpointSlice(o) => &o.metadata,
             Object::AuthorizationPolicy(o) => &o.metadata,
             Object::PeerAuthentication(o) => &o.metadata,
             Object::RequestAuthentication(o) => &o.metadata,
@@ -514,6 +595,27 @@ pub fn decode_kind(kind: &str, value: serde_yaml_ng::Value) -> Result<Option<Obj
         Pod::KIND => decode::<Pod>(value).map(Some),
         Service::KIND => decode::<Service>(value).map(Some),
         ServiceAccount::KIND => decode::<ServiceAccount>(value).map(Some),
+        Node::KIND => decode::<Node>(value).map(Some),
+        EndpointSlice::KIND => {
+            // Only discovery.k8s.io's; another group's kind of the same name is not ours.
+            match value
+                .get("apiVersion")
+                .and_then(serde_yaml_ng::Value::as_str)
+            {
+                None => {}
+                Some(v) => match v.split_once('/') {
+                    Some((DISCOVERY_GROUP, version)) if DISCOVERY_VERSIONS.contains(&version) => {}
+                    Some((DISCOVERY_GROUP, _)) => {
+                        return Err(FieldError::new(
+                            "apiVersion",
+                            format!("{v} is not supported; use {DISCOVERY_GROUP}/v1"),
+                        ))
+                    }
+                    _ => return Ok(None),
+                },
+            }
+            decode::<EndpointSlice>(value).map(Some)
+        }
         AuthorizationPolicy::KIND | PeerAuthentication::KIND | RequestAuthentication::KIND => {
             // Other meshes have kinds of the same name (Linkerd's AuthorizationPolicy): only
             // Istio's group is ours; another group is ignored like any unknown kind.

@@ -15,9 +15,18 @@
 //!   which we may not list (403), is skipped with a warning and retried every
 //!   [`KubeSourceOptions::absent_retry`]; the core kinds must list.
 //!
-//! Not watched: Nodes (the node authorizer uses `pod.spec.nodeName`), EndpointSlices (the model
-//! computes endpoints from pods and service selectors, as Istio does for ambient Pods; a
-//! selector-less Service with hand-written EndpointSlices is not supported yet).
+//! Nodes are watched for their topology labels only (pod localities); optional, so a cluster
+//! that forbids listing them loses localities, nothing else.
+//!
+//! EndpointSlices give the endpoints of Services without a selector (see
+//! [`crate::model::service`]; endpoints of Services with one are computed from pods, as Istio
+//! does); optional, so a cluster that forbids listing them loses only those endpoints.
+//!
+//! For the kinds whose status the leader writes ([`STATUS_KINDS`]: routes and waypoint
+//! policies), the store also keeps what the status writer needs that the model does not carry
+//! (generation, resourceVersion, the current `status`, the raw `spec`, why an object was
+//! refused) and publishes it with the config as [`StatusInputs`]. A status-only change of such
+//! an object publishes new status inputs but no new config: the model never sees it.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -31,6 +40,8 @@ use kube::Client;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
+
+use serde_json::Value;
 
 use super::kinds::{decode_kind, FieldError, Object};
 use super::parse::ConfigError;
@@ -104,6 +115,17 @@ pub const WATCHED_KINDS: &[WatchedKind] = &[
     WatchedKind::core("Pod", "pods"),
     WatchedKind::core("Service", "services"),
     WatchedKind::core("ServiceAccount", "serviceaccounts"),
+    // Optional: without it only the endpoints of Services without a selector are missing.
+    WatchedKind {
+        group: "discovery.k8s.io",
+        optional: true,
+        ..WatchedKind::core("EndpointSlice", "endpointslices")
+    },
+    // Optional: node labels only add localities; a cluster that forbids listing nodes still works.
+    WatchedKind {
+        optional: true,
+        ..WatchedKind::core("Node", "nodes")
+    },
     WatchedKind::crd("gateway.networking.k8s.io", "v1", "Gateway", "gateways"),
     WatchedKind::crd("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes"),
     WatchedKind::crd("gateway.networking.k8s.io", "v1", "GRPCRoute", "grpcroutes"),
@@ -139,6 +161,45 @@ pub const WATCHED_KINDS: &[WatchedKind] = &[
     ),
 ];
 
+/// Kinds whose status istiod-lite writes (see [`crate::controller::status`]).
+pub const STATUS_KINDS: [&str; 4] = [
+    "HTTPRoute",
+    "GRPCRoute",
+    "AuthorizationPolicy",
+    "RequestAuthentication",
+];
+
+/// An object whose status the leader writes, as last seen.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusObject {
+    /// `kind:`.
+    pub kind: &'static str,
+    /// API group and version (`gateway.networking.k8s.io/v1`).
+    pub api_version: String,
+    /// Namespace and name.
+    pub key: ObjectKey,
+    /// `metadata.generation` (0 when absent).
+    pub generation: i64,
+    /// `metadata.resourceVersion`: a status write is conditional on it.
+    pub resource_version: String,
+    /// `spec` as served (routes' parentRefs are echoed into their status as written).
+    pub spec: Value,
+    /// `status` as served (`Null` when none).
+    pub status: Value,
+    /// Why the decoder refused the object, which is then not in the model.
+    pub invalid: Option<String>,
+}
+
+/// What the status writer works from: the model's config and the objects to write status on,
+/// taken from the store at the same moment.
+#[derive(Debug, Clone, Default)]
+pub struct StatusInputs {
+    /// The config the model was built from.
+    pub config: Arc<ConfigSnapshot>,
+    /// Objects of [`STATUS_KINDS`], in kind and key order.
+    pub objects: Vec<Arc<StatusObject>>,
+}
+
 /// What one API object became.
 #[derive(Debug, Clone)]
 enum Entry {
@@ -159,11 +220,18 @@ enum SyncState {
     Absent,
 }
 
+/// One object as stored: what it became, and for [`STATUS_KINDS`] what its status needs.
+#[derive(Debug, Clone)]
+struct Stored {
+    entry: Entry,
+    status: Option<Arc<StatusObject>>,
+}
+
 #[derive(Debug, Default)]
 struct KindStore {
-    live: BTreeMap<ObjectKey, Entry>,
+    live: BTreeMap<ObjectKey, Stored>,
     /// Objects of a relist in progress (between `Init` and `InitDone`).
-    pending: Option<BTreeMap<ObjectKey, Entry>>,
+    pending: Option<BTreeMap<ObjectKey, Stored>>,
     state: SyncState,
 }
 
@@ -171,6 +239,10 @@ struct KindStore {
 #[derive(Debug, Default)]
 pub struct KubeStore {
     kinds: BTreeMap<&'static str, KindStore>,
+    /// The published config changed since [`KubeStore::take_changes`].
+    model_dirty: bool,
+    /// A [`StatusObject`] changed since [`KubeStore::take_changes`].
+    status_dirty: bool,
 }
 
 impl KubeStore {
@@ -181,23 +253,54 @@ impl KubeStore {
                 .iter()
                 .map(|k| (k.kind, KindStore::default()))
                 .collect(),
+            model_dirty: false,
+            status_dirty: false,
         }
     }
 
     /// Applies one watcher event of kind `wk`; true when the published objects changed.
     pub fn apply(&mut self, wk: &WatchedKind, event: watcher::Event<DynamicObject>) -> bool {
+        let (model, status) = self.apply_inner(wk, event);
+        self.model_dirty |= model;
+        self.status_dirty |= status;
+        model
+    }
+
+    /// Whether the config and the status inputs changed since the last call; resets both.
+    pub fn take_changes(&mut self) -> (bool, bool) {
+        let changes = (self.model_dirty, self.status_dirty || self.model_dirty);
+        self.model_dirty = false;
+        self.status_dirty = false;
+        changes
+    }
+
+    /// The objects whose status the leader writes, in kind and key order.
+    pub fn status_objects(&self) -> Vec<Arc<StatusObject>> {
+        self.kinds
+            .values()
+            .flat_map(|k| k.live.values())
+            .filter_map(|s| s.status.clone())
+            .collect()
+    }
+
+    /// Returns (published objects changed, status inputs changed).
+    fn apply_inner(
+        &mut self,
+        wk: &WatchedKind,
+        event: watcher::Event<DynamicObject>,
+    ) -> (bool, bool) {
         let ks = self.kinds.entry(wk.kind).or_default();
         match event {
             watcher::Event::Init => {
                 ks.pending = Some(BTreeMap::new());
-                false
+                (false, false)
             }
             watcher::Event::InitApply(obj) => {
-                let (key, entry) = convert(wk, obj);
+                let (key, stored) = convert(wk, obj);
                 ks.pending
                     .get_or_insert_with(BTreeMap::new)
-                    .insert(key, entry);
-                false
+                    .insert(key, stored);
+                (false, false)
             }
             watcher::Event::InitDone => {
                 let fresh = ks.pending.take().unwrap_or_default();
@@ -205,18 +308,27 @@ impl KubeStore {
                 ks.state = SyncState::Synced;
                 tracing::info!(kind = wk.kind, objects = fresh.len(), "listed");
                 let changed = was != SyncState::Synced || !same_entries(&ks.live, &fresh);
+                let status = !same_status(&ks.live, &fresh);
                 ks.live = fresh;
-                changed
+                (changed, status)
             }
             watcher::Event::Apply(obj) => {
-                let (key, entry) = convert(wk, obj);
-                let unchanged = ks.live.get(&key).is_some_and(|old| same_entry(old, &entry));
-                ks.live.insert(key, entry);
-                !unchanged
+                let (key, stored) = convert(wk, obj);
+                let old = ks.live.get(&key);
+                let unchanged = old.is_some_and(|old| same_entry(&old.entry, &stored.entry));
+                let status = match old {
+                    Some(o) => o.status != stored.status,
+                    None => stored.status.is_some(),
+                };
+                ks.live.insert(key, stored);
+                (!unchanged, status)
             }
             watcher::Event::Delete(obj) => {
                 let key = object_key(&obj);
-                ks.live.remove(&key).is_some()
+                match ks.live.remove(&key) {
+                    Some(old) => (true, old.status.is_some()),
+                    None => (false, false),
+                }
             }
         }
     }
@@ -225,9 +337,11 @@ impl KubeStore {
     pub fn mark_absent(&mut self, wk: &WatchedKind) -> bool {
         let ks = self.kinds.entry(wk.kind).or_default();
         let changed = ks.state == SyncState::Waiting || !ks.live.is_empty();
+        self.status_dirty |= ks.live.values().any(|s| s.status.is_some());
         ks.state = SyncState::Absent;
         ks.live.clear();
         ks.pending = None;
+        self.model_dirty |= changed;
         changed
     }
 
@@ -247,7 +361,11 @@ impl KubeStore {
 
     /// Merges every kind into one snapshot.
     pub fn snapshot(&self, generation: u64) -> ConfigSnapshot {
-        let entries = || self.kinds.values().flat_map(|k| k.live.values());
+        let entries = || {
+            self.kinds
+                .values()
+                .flat_map(|k| k.live.values().map(|s| &s.entry))
+        };
         let mut s = ConfigSnapshot::from_objects(entries().filter_map(|e| match e {
             Entry::Valid(o) => Some(o),
             _ => None,
@@ -272,11 +390,18 @@ fn same_entry(a: &Entry, b: &Entry) -> bool {
     }
 }
 
-fn same_entries(a: &BTreeMap<ObjectKey, Entry>, b: &BTreeMap<ObjectKey, Entry>) -> bool {
+fn same_entries(a: &BTreeMap<ObjectKey, Stored>, b: &BTreeMap<ObjectKey, Stored>) -> bool {
     a.len() == b.len()
         && a.iter()
             .zip(b)
-            .all(|((ka, ea), (kb, eb))| ka == kb && same_entry(ea, eb))
+            .all(|((ka, ea), (kb, eb))| ka == kb && same_entry(&ea.entry, &eb.entry))
+}
+
+fn same_status(a: &BTreeMap<ObjectKey, Stored>, b: &BTreeMap<ObjectKey, Stored>) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|((ka, ea), (kb, eb))| ka == kb && ea.status == eb.status)
 }
 
 fn object_key(obj: &DynamicObject) -> ObjectKey {
@@ -287,10 +412,18 @@ fn object_key(obj: &DynamicObject) -> ObjectKey {
 }
 
 /// Decodes one API object with the file source's decoder; reports an invalid one the same way.
-fn convert(wk: &WatchedKind, mut obj: DynamicObject) -> (ObjectKey, Entry) {
+fn convert(wk: &WatchedKind, mut obj: DynamicObject) -> (ObjectKey, Stored) {
     let key = object_key(&obj);
     // Large and never used: skip converting them.
     obj.metadata.managed_fields = None;
+    let status_of = STATUS_KINDS.contains(&wk.kind).then(|| {
+        (
+            obj.metadata.generation.unwrap_or(0),
+            obj.metadata.resource_version.clone().unwrap_or_default(),
+            obj.data.get("spec").cloned().unwrap_or(Value::Null),
+            obj.data.get("status").cloned().unwrap_or(Value::Null),
+        )
+    });
     let entry = match decode_dynamic(wk, obj) {
         Ok(Some(o)) => Entry::Valid(o),
         Ok(None) => Entry::Ignored,
@@ -317,7 +450,28 @@ fn convert(wk: &WatchedKind, mut obj: DynamicObject) -> (ObjectKey, Entry) {
             Entry::Invalid(err)
         }
     };
-    (key, entry)
+    let status = status_of.map(|(generation, resource_version, spec, status)| {
+        Arc::new(StatusObject {
+            kind: wk.kind,
+            api_version: wk.api_version(),
+            key: key.clone(),
+            generation,
+            resource_version,
+            spec,
+            status,
+            invalid: match &entry {
+                Entry::Invalid(e) => Some(if e.field.is_empty() {
+                    e.message.clone()
+                } else {
+                    format!("{}: {}", e.field, e.message)
+                }),
+                _ => None,
+            },
+        })
+    });
+    // Another group's kind of the same name (Entry::Ignored) is not ours to write status on.
+    let status = status.filter(|_| !matches!(entry, Entry::Ignored));
+    (key, Stored { entry, status })
 }
 
 fn decode_dynamic(wk: &WatchedKind, obj: DynamicObject) -> Result<Option<Object>, FieldError> {
@@ -363,6 +517,7 @@ impl Default for KubeSourceOptions {
 /// The running watchers and the snapshot publisher.
 pub struct KubeSource {
     tasks: Vec<JoinHandle<()>>,
+    status: watch::Receiver<Arc<StatusInputs>>,
 }
 
 impl Drop for KubeSource {
@@ -415,11 +570,11 @@ impl KubeSource {
             }
             let _ = tokio::time::timeout(Duration::from_secs(10), notified).await;
         }
-        let first = shared
-            .store
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .snapshot(1);
+        let (first, objects) = {
+            let mut store = shared.store.lock().unwrap_or_else(PoisonError::into_inner);
+            store.take_changes();
+            (Arc::new(store.snapshot(1)), store.status_objects())
+        };
         tracing::info!(
             namespaces = first.namespaces.len(),
             pods = first.pods.len(),
@@ -428,34 +583,59 @@ impl KubeSource {
             errors = first.errors.len(),
             "config listed from the API server"
         );
-        let (tx, rx) = watch::channel(Arc::new(first));
+        let (status_tx, status) = watch::channel(Arc::new(StatusInputs {
+            config: first.clone(),
+            objects,
+        }));
+        let (tx, rx) = watch::channel(first);
         tasks.push(tokio::spawn(
-            publish(shared, tx, opts.coalesce).instrument(tracing::info_span!("kube-publisher")),
+            publish(shared, tx, status_tx, opts.coalesce)
+                .instrument(tracing::info_span!("kube-publisher")),
         ));
-        (KubeSource { tasks }, rx)
+        (KubeSource { tasks, status }, rx)
+    }
+
+    /// The inputs of the status writer: the config with the objects whose status it writes.
+    pub fn status_inputs(&self) -> watch::Receiver<Arc<StatusInputs>> {
+        self.status.clone()
     }
 }
 
-async fn publish(shared: Arc<Shared>, tx: watch::Sender<Arc<ConfigSnapshot>>, coalesce: Duration) {
+async fn publish(
+    shared: Arc<Shared>,
+    tx: watch::Sender<Arc<ConfigSnapshot>>,
+    status_tx: watch::Sender<Arc<StatusInputs>>,
+    coalesce: Duration,
+) {
     let mut generation = 1;
     loop {
         shared.changed.notified().await;
         tokio::time::sleep(coalesce).await;
-        generation += 1;
-        let snap = shared
-            .store
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .snapshot(generation);
-        tracing::debug!(
-            generation,
-            pods = snap.pods.len(),
-            services = snap.services.len(),
-            errors = snap.errors.len(),
-            "config changed"
-        );
-        if tx.send(Arc::new(snap)).is_err() {
-            return;
+        let (snap, objects) = {
+            let mut store = shared.store.lock().unwrap_or_else(PoisonError::into_inner);
+            let (model, status) = store.take_changes();
+            let snap = model.then(|| {
+                generation += 1;
+                Arc::new(store.snapshot(generation))
+            });
+            (snap, status.then(|| store.status_objects()))
+        };
+        if let Some(snap) = &snap {
+            tracing::debug!(
+                generation,
+                pods = snap.pods.len(),
+                services = snap.services.len(),
+                errors = snap.errors.len(),
+                "config changed"
+            );
+            if tx.send(snap.clone()).is_err() {
+                return;
+            }
+        }
+        if let Some(objects) = objects {
+            let config = snap.unwrap_or_else(|| tx.borrow().clone());
+            // Nobody listening (no status writer) is fine: the config still flows.
+            status_tx.send_replace(Arc::new(StatusInputs { config, objects }));
         }
     }
 }
@@ -484,11 +664,11 @@ async fn watch_kind(
             match item {
                 Ok(event) => {
                     failures = 0;
-                    let changed = shared
-                        .store
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .apply(&wk, event);
+                    let changed = {
+                        let mut store = shared.store.lock().unwrap_or_else(PoisonError::into_inner);
+                        store.apply(&wk, event);
+                        store.model_dirty || store.status_dirty
+                    };
                     if changed {
                         shared.changed.notify_one();
                     }

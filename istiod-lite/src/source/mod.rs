@@ -3,6 +3,7 @@
 //! [`FileStore`] keeps the parsed objects per file; [`FileStore::snapshot`] merges them into one
 //! immutable [`ConfigSnapshot`] which the watcher publishes on a `watch` channel.
 
+pub mod discovery;
 pub mod gateway;
 pub mod kinds;
 pub mod kube;
@@ -18,7 +19,9 @@ use std::sync::Arc;
 use serde::Serialize;
 
 pub use self::gateway::{Gateway, GrpcRoute, HttpRoute};
-pub use self::kinds::{Namespace, Object, ObjectMeta, Pod, Service, ServiceAccount};
+pub use self::kinds::{
+    Locality, Namespace, Node, Object, ObjectMeta, Pod, Service, ServiceAccount,
+};
 pub use self::parse::{parse_file, ConfigError};
 pub use self::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 pub use self::watch::{ConfigWatcher, FileStore};
@@ -79,6 +82,11 @@ pub struct ConfigSnapshot {
     /// ServiceAccounts.
     #[serde(serialize_with = "ser_keyed")]
     pub service_accounts: BTreeMap<ObjectKey, Arc<ServiceAccount>>,
+    /// Nodes by name (their labels give pod localities).
+    pub nodes: BTreeMap<String, Arc<Node>>,
+    /// EndpointSlices (endpoints of Services without a selector).
+    #[serde(serialize_with = "ser_keyed")]
+    pub endpoint_slices: BTreeMap<ObjectKey, Arc<discovery::EndpointSlice>>,
     /// AuthorizationPolicies.
     #[serde(serialize_with = "ser_keyed")]
     pub authorization_policies: BTreeMap<ObjectKey, Arc<AuthorizationPolicy>>,
@@ -139,6 +147,11 @@ impl ConfigSnapshot {
                     .service_accounts
                     .insert(ObjectKey::of(&o.metadata), o.clone())
                     .is_some(),
+                Object::Node(o) => s.nodes.insert(o.metadata.name.clone(), o.clone()).is_some(),
+                Object::EndpointSlice(o) => s
+                    .endpoint_slices
+                    .insert(ObjectKey::of(&o.metadata), o.clone())
+                    .is_some(),
                 Object::AuthorizationPolicy(o) => s
                     .authorization_policies
                     .insert(ObjectKey::of(&o.metadata), o.clone())
@@ -183,6 +196,17 @@ impl ConfigSnapshot {
     /// Labels of namespace `ns` (empty when no Namespace object exists).
     pub fn namespace_labels(&self, ns: &str) -> Option<&BTreeMap<String, String>> {
         self.namespaces.get(ns).map(|n| &n.metadata.labels)
+    }
+
+    /// Where `pod` runs (its node's topology labels, its own subzone label); `None` when
+    /// nothing is known.
+    pub fn pod_locality(&self, pod: &Pod) -> Option<Locality> {
+        let node = pod
+            .spec
+            .node_name
+            .as_deref()
+            .and_then(|n| self.nodes.get(n));
+        Locality::of(&pod.metadata.labels, node.map(|n| &n.metadata.labels))
     }
 
     /// Pods scheduled on `node`.

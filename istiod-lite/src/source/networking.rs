@@ -1,13 +1,14 @@
 //! `networking.istio.io` kinds the waypoint honours: VirtualService (HTTP routing, retries,
 //! timeouts, fault injection, mirroring, header edits, rewrite, redirect) and DestinationRule
-//! (subsets and traffic policy: load balancer, connection pool, outlier detection).
+//! (subsets and traffic policy: load balancer with locality settings, connection pool, outlier
+//! detection).
 //!
 //! Validation refuses, per object and with the field's path, what the waypoint cannot honour,
 //! rather than dropping it silently: TCP/TLS routes, delegates, direct responses, CORS, match
-//! conditions other than uri/headers/queryParams/method/port, PASSTHROUGH load balancing.
-//! Fields that do not change routing at a waypoint (DestinationRule `tls`, `exportTo`,
-//! `localityLbSetting`, connect and idle timeouts) are accepted and ignored; docs/waypoint.md
-//! lists them.
+//! conditions other than uri/headers/queryParams/method/port, PASSTHROUGH load balancing,
+//! `localityLbSetting.failoverPriority`. Fields that do not change routing at a waypoint
+//! (DestinationRule `tls`, `exportTo`, connect and idle timeouts) are accepted and ignored;
+//! docs/waypoint.md lists them.
 
 use std::collections::BTreeMap;
 
@@ -391,6 +392,46 @@ pub struct ConsistentHash {
     pub minimum_ring_size: Option<u64>,
 }
 
+/// `localityLbSetting.failover[]`: region `from` fails over to region `to` first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub struct LocalityFailover {
+    /// The waypoint's region.
+    #[serde(default)]
+    pub from: String,
+    /// The region preferred when `from` has no healthy endpoints.
+    #[serde(default)]
+    pub to: String,
+}
+
+/// `localityLbSetting.distribute[]`: traffic from `from` split over the `to` localities.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub struct LocalityDistribute {
+    /// Originating locality (`region/zone/subzone`, terminal `*` wildcards).
+    #[serde(default)]
+    pub from: String,
+    /// Destination localities and their weights (summing to 100).
+    #[serde(default, deserialize_with = "null_default")]
+    pub to: BTreeMap<String, u32>,
+}
+
+/// `loadBalancer.localityLbSetting`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalityLbSetting {
+    /// `false` turns locality load balancing off for this host.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// Weighted distribution between localities.
+    #[serde(default, deserialize_with = "null_default")]
+    pub distribute: Vec<LocalityDistribute>,
+    /// Region failover overrides.
+    #[serde(default, deserialize_with = "null_default")]
+    pub failover: Vec<LocalityFailover>,
+    /// Refused by validation (label-based priorities are not implemented).
+    #[serde(default, deserialize_with = "null_default")]
+    pub failover_priority: Vec<String>,
+}
+
 /// `loadBalancer`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -401,6 +442,9 @@ pub struct LoadBalancer {
     /// Consistent hash.
     #[serde(default)]
     pub consistent_hash: Option<ConsistentHash>,
+    /// Locality-aware load balancing.
+    #[serde(default)]
+    pub locality_lb_setting: Option<LocalityLbSetting>,
 }
 
 /// `connectionPool.tcp`.
@@ -899,6 +943,16 @@ fn check_parts(
             }
         }
     }
+    if let Some(l) = lb.and_then(|lb| lb.locality_lb_setting.as_ref()) {
+        let f = format!("{field}.loadBalancer.localityLbSetting");
+        check_locality_lb(&f, l)?;
+        if !l.distribute.is_empty() && lb.is_some_and(|lb| lb.consistent_hash.is_some()) {
+            return Err(FieldError::new(
+                format!("{f}.distribute"),
+                "locality weights cannot be combined with consistentHash (a hash picks the endpoint, not a weight)",
+            ));
+        }
+    }
     if let Some(o) = od {
         let f = format!("{field}.outlierDetection");
         if let Some(v) = &o.interval {
@@ -911,6 +965,95 @@ fn check_parts(
             return Err(FieldError::new(
                 format!("{f}.maxEjectionPercent"),
                 format!("{p} is not 0-100"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A locality pattern: `region[/zone[/subzone]]`, at most three non-empty segments, `*` only
+/// as the whole last segment (`*` alone matches everything).
+fn check_locality_pattern(field: &str, v: &str) -> Result<(), FieldError> {
+    let parts: Vec<&str> = v.split('/').collect();
+    let bad = |why: &str| Err(FieldError::new(field, format!("{v:?}: {why}")));
+    if v.is_empty() {
+        return bad("must not be empty");
+    }
+    if parts.len() > 3 {
+        return bad("a locality is region/zone/subzone (at most three segments)");
+    }
+    for (i, p) in parts.iter().enumerate() {
+        if p.is_empty() {
+            return bad("empty segment");
+        }
+        if p.contains('*') && (*p != "*" || i + 1 != parts.len()) {
+            return bad("`*` is only allowed as the whole last segment");
+        }
+    }
+    Ok(())
+}
+
+fn check_locality_lb(f: &str, l: &LocalityLbSetting) -> Result<(), FieldError> {
+    if !l.failover_priority.is_empty() {
+        return Err(FieldError::new(
+            format!("{f}.failoverPriority"),
+            "not supported by the waypoint (use failover between regions, or distribute)",
+        ));
+    }
+    if !l.distribute.is_empty() && !l.failover.is_empty() {
+        return Err(FieldError::new(
+            f,
+            "only one of distribute and failover may be set",
+        ));
+    }
+    let mut froms = std::collections::BTreeSet::new();
+    for (i, d) in l.failover.iter().enumerate() {
+        let ff = format!("{f}.failover[{i}]");
+        for (name, v) in [("from", &d.from), ("to", &d.to)] {
+            if v.is_empty() {
+                return Err(FieldError::new(format!("{ff}.{name}"), "required"));
+            }
+            if v.contains('/') || v.contains('*') {
+                return Err(FieldError::new(
+                    format!("{ff}.{name}"),
+                    format!("{v:?}: failover is between regions (no zone, no wildcard)"),
+                ));
+            }
+        }
+        if d.from == d.to {
+            return Err(FieldError::new(
+                format!("{ff}.to"),
+                format!("{:?} fails over to itself", d.to),
+            ));
+        }
+        if !froms.insert(d.from.as_str()) {
+            return Err(FieldError::new(
+                format!("{ff}.from"),
+                format!("region {:?} is listed twice", d.from),
+            ));
+        }
+    }
+    let mut froms = std::collections::BTreeSet::new();
+    for (i, d) in l.distribute.iter().enumerate() {
+        let df = format!("{f}.distribute[{i}]");
+        check_locality_pattern(&format!("{df}.from"), &d.from)?;
+        if !froms.insert(d.from.as_str()) {
+            return Err(FieldError::new(
+                format!("{df}.from"),
+                format!("{:?} is listed twice", d.from),
+            ));
+        }
+        if d.to.is_empty() {
+            return Err(FieldError::new(format!("{df}.to"), "required"));
+        }
+        for k in d.to.keys() {
+            check_locality_pattern(&format!("{df}.to"), k)?;
+        }
+        let total: u64 = d.to.values().map(|w| u64::from(*w)).sum();
+        if total != 100 {
+            return Err(FieldError::new(
+                format!("{df}.to"),
+                format!("weights add up to {total}, not 100"),
             ));
         }
     }
@@ -1002,6 +1145,21 @@ spec:
   - name: v2
     labels: {version: v2}
     trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: x-user, ringHash: {minimumRingSize: 2048}}}}
+  - name: v3
+    labels: {version: v3}
+    trafficPolicy:
+      loadBalancer:
+        simple: ROUND_ROBIN
+        localityLbSetting:
+          enabled: true
+          distribute:
+          - from: us-west/zone1/*
+            to: {"us-west/zone1/*": 80, "us-west/zone2/*": 20}
+          - from: "us-west/*"
+            to: {"*": 100}
+  - name: v4
+    labels: {version: v4}
+    trafficPolicy: {loadBalancer: {localityLbSetting: {failover: [{from: us-east, to: eu-west}, {from: us-west, to: us-east}]}}}
 "#,
         );
         assert!(p.errors.is_empty(), "{:?}", p.errors);
@@ -1038,6 +1196,15 @@ spec:
             ("  subsets: [{name: a, labels: {v: '1'}}, {name: a}]\n", "spec.subsets[1].name"),
             ("  subsets: [{name: a, trafficPolicy: {outlierDetection: {maxEjectionPercent: 200}}}]\n", "spec.subsets[0].trafficPolicy.outlierDetection.maxEjectionPercent"),
             ("  trafficPolicy: {connectionPool: {tcp: {maxConnections: lots}}}\n", "spec.trafficPolicy.connectionPool.tcp.maxConnections"),
+            ("  trafficPolicy: {loadBalancer: {localityLbSetting: {failoverPriority: [topology.kubernetes.io/zone]}}}\n", "spec.trafficPolicy.loadBalancer.localityLbSetting.failoverPriority"),
+            ("  trafficPolicy: {loadBalancer: {localityLbSetting: {failover: [{from: a, to: b}], distribute: [{from: a, to: {a: 100}}]}}}\n", "spec.trafficPolicy.loadBalancer.localityLbSetting"),
+            ("  trafficPolicy: {loadBalancer: {localityLbSetting: {failover: [{from: us-east, to: us-east}]}}}\n", "spec.trafficPolicy.loadBalancer.localityLbSetting.failover[0].to"),
+            ("  trafficPolicy: {loadBalancer: {localityLbSetting: {failover: [{from: us-east/zone-a, to: eu}]}}}\n", "spec.trafficPolicy.loadBalancer.localityLbSetting.failover[0].from"),
+            ("  trafficPolicy: {loadBalancer: {localityLbSetting: {failover: [{from: a, to: b}, {from: a, to: c}]}}}\n", "spec.trafficPolicy.loadBalancer.localityLbSetting.failover[1].from"),
+            ("  trafficPolicy: {loadBalancer: {localityLbSetting: {distribute: [{from: \"us/*\", to: {\"us/a/*\": 60, \"us/b/*\": 30}}]}}}\n", "spec.trafficPolicy.loadBalancer.localityLbSetting.distribute[0].to"),
+            ("  trafficPolicy: {loadBalancer: {localityLbSetting: {distribute: [{from: \"us/*/r1\", to: {\"us/*\": 100}}]}}}\n", "spec.trafficPolicy.loadBalancer.localityLbSetting.distribute[0].from"),
+            ("  trafficPolicy: {loadBalancer: {consistentHash: {useSourceIp: true}, localityLbSetting: {distribute: [{from: \"*\", to: {\"*\": 100}}]}}}\n", "spec.trafficPolicy.loadBalancer.localityLbSetting.distribute"),
+            ("  subsets: [{name: a, trafficPolicy: {portLevelSettings: [{port: {number: 80}, loadBalancer: {localityLbSetting: {failover: [{from: x}]}}}]}}]\n", "spec.subsets[0].trafficPolicy.portLevelSettings[0].loadBalancer.localityLbSetting.failover[0].to"),
         ];
         for (body, field) in cases {
             let e = errors(&format!("{dr}{body}"));

@@ -3,8 +3,9 @@
 //! Merging follows Istio: the top-level `trafficPolicy`, overridden by its
 //! `portLevelSettings` for the port, then by the subset's `trafficPolicy`, then by the
 //! subset's `portLevelSettings` for the port; each of `loadBalancer`, `connectionPool` and
-//! `outlierDetection` is replaced whole by the more specific level that sets it. Istio's
-//! defaults are filled in here so the waypoint needs none.
+//! `outlierDetection` is replaced whole by the more specific level that sets it (so
+//! `localityLbSetting`, inside `loadBalancer`, goes with it). Istio's defaults are filled in
+//! here so the waypoint needs none, including whether locality load balancing is in effect.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -144,6 +145,52 @@ fn load_balancer(lb: &net::LoadBalancer) -> pb::LoadBalancer {
     out
 }
 
+/// Locality load balancing as Istio applies it: on unless `localityLbSetting.enabled` is false
+/// (the mesh-wide default is on); `distribute` applies by itself, while the priority failover
+/// needs outlier detection on the same backend (without it no endpoint is ever seen unhealthy,
+/// so traffic would never leave the local level and Istio leaves priorities off).
+fn locality_lb(lb: Option<&net::LoadBalancer>, outlier: bool) -> Option<pb::LocalityLb> {
+    let setting = lb.and_then(|l| l.locality_lb_setting.as_ref());
+    if setting.is_some_and(|s| s.enabled == Some(false)) {
+        return None;
+    }
+    let distribute: Vec<pb::LocalityDistribute> = setting
+        .map(|s| {
+            s.distribute
+                .iter()
+                .map(|d| pb::LocalityDistribute {
+                    from: d.from.clone(),
+                    to: d
+                        .to
+                        .iter()
+                        .map(|(locality, weight)| pb::LocalityWeight {
+                            locality: locality.clone(),
+                            weight: *weight,
+                        })
+                        .collect(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if distribute.is_empty() && !outlier {
+        return None;
+    }
+    Some(pb::LocalityLb {
+        failover: setting
+            .map(|s| {
+                s.failover
+                    .iter()
+                    .map(|f| pb::LocalityFailover {
+                        from: f.from.clone(),
+                        to: f.to.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        distribute,
+    })
+}
+
 /// The policy of `dr` for `port` and `subset`; `None` when it sets nothing relevant.
 pub fn policy(
     dr: &net::DestinationRule,
@@ -163,8 +210,12 @@ pub fn policy(
     if m.lb.is_none() && m.pool.is_none() && m.outlier.is_none() {
         return None;
     }
+    let mut lb = m.lb.map(load_balancer);
+    if let Some(l) = locality_lb(m.lb, m.outlier.is_some()) {
+        lb.get_or_insert_with(Default::default).locality = Some(l);
+    }
     Some(pb::TrafficPolicy {
-        load_balancer: m.lb.map(load_balancer),
+        load_balancer: lb,
         connection_pool: m.pool.map(|p| pb::ConnectionPool {
             max_connections: p.tcp.as_ref().and_then(|t| t.max_connections).unwrap_or(0),
             http1_max_pending_requests: p

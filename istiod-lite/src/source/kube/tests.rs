@@ -313,3 +313,158 @@ async fn crd_installed_later_is_picked_up() {
     let s = wait_for(&mut rx, "gateway", |s| !s.gateways.is_empty()).await;
     assert!(s.gateways[&ObjectKey::new("app", "waypoint")].is_waypoint());
 }
+
+const SVC: WatchedKind = WatchedKind::core("Service", "services");
+const SLICE: WatchedKind = WatchedKind {
+    group: "discovery.k8s.io",
+    optional: true,
+    ..WatchedKind::core("EndpointSlice", "endpointslices")
+};
+
+fn slice(name: &str, addresses: &[&str], ready: bool, rv: &str) -> serde_json::Value {
+    json!({"metadata": {"name": name, "namespace": "app", "resourceVersion": rv,
+                        "labels": {"kubernetes.io/service-name": "db", "endpointslice.kubernetes.io/managed-by": "example.com/ctl"}},
+           "addressType": "IPv4",
+           "endpoints": addresses.iter().map(|a| json!({"addresses": [a], "conditions": {"ready": ready}})).collect::<Vec<_>>(),
+           "ports": [{"name": "sql", "port": 5433, "protocol": "TCP"}]})
+}
+
+/// The workloads serving `app/db` in the model built from `s`: (address, healthy).
+fn db_endpoints(s: &ConfigSnapshot) -> BTreeSet<(String, bool)> {
+    use mesh_proto::workload::{address, Address, WorkloadStatus};
+    use prost::Message;
+    let params = crate::model::ModelParams {
+        trust_domain: "cluster.local".into(),
+        cluster_id: "Kubernetes".into(),
+        root_namespace: "istio-system".into(),
+    };
+    let snap = crate::model::build(s, &params, None, 1);
+    snap.get(mesh_proto::ADDRESS_TYPE_URL)
+        .unwrap()
+        .resources
+        .values()
+        .filter_map(
+            |r| match Address::decode(r.any.value.as_slice()).unwrap().r#type {
+                Some(address::Type::Workload(w))
+                    if w.services.contains_key("app/db.app.svc.cluster.local") =>
+                {
+                    let ip = std::net::IpAddr::from(
+                        <[u8; 4]>::try_from(w.addresses[0].as_slice()).unwrap(),
+                    );
+                    Some((ip.to_string(), w.status() == WorkloadStatus::Healthy))
+                }
+                _ => None,
+            },
+        )
+        .collect()
+}
+
+/// EndpointSlices of a Service without a selector, watched: ADDED, MODIFIED and DELETED
+/// slices change the endpoints pushed for the Service.
+#[tokio::test]
+async fn endpoint_slice_watch_events_change_service_endpoints() {
+    let mut slice_watches = 0;
+    let (client, _log) = fake::client(move |r| match (r.path.as_str(), r.is_watch()) {
+        ("/api/v1/services", false) => Reply::Json(
+            200,
+            list(
+                "Service",
+                "v1",
+                "5",
+                vec![
+                    json!({"metadata": {"name": "db", "namespace": "app", "resourceVersion": "4"},
+                            "spec": {"clusterIP": "10.1.0.9", "ports": [{"name": "sql", "port": 5432}]}}),
+                ],
+            ),
+        ),
+        ("/api/v1/services", true) => Reply::Hang,
+        ("/apis/discovery.k8s.io/v1/endpointslices", false) => Reply::Json(
+            200,
+            list(
+                "EndpointSlice",
+                "discovery.k8s.io/v1",
+                "10",
+                vec![slice("db-a", &["192.168.0.1"], true, "9")],
+            ),
+        ),
+        ("/apis/discovery.k8s.io/v1/endpointslices", true) => {
+            slice_watches += 1;
+            match slice_watches {
+                1 => Reply::Events(vec![
+                    event("ADDED", slice("db-b", &["192.168.0.2"], true, "11")),
+                    event("MODIFIED", slice("db-a", &["192.168.0.3"], true, "12")),
+                    event("ADDED", slice("db-c", &["192.168.0.4"], true, "13")),
+                ]),
+                2 => Reply::Events(vec![
+                    event("MODIFIED", slice("db-b", &["192.168.0.2"], false, "14")),
+                    event("DELETED", slice("db-c", &["192.168.0.4"], true, "15")),
+                ]),
+                _ => Reply::Hang,
+            }
+        }
+        other => panic!("unexpected request {other:?} {r:?}"),
+    });
+    let (_src, mut rx) = KubeSource::start(client, opts(&[SVC, SLICE])).await;
+    // The watch ends after each batch and resumes from its last resourceVersion, so both
+    // batches arrive, in order; the end state shows every event: db-a modified (.1 -> .3),
+    // db-b added then made unready, db-c added then deleted.
+    let s = wait_for(&mut rx, "both batches of slice events", |s| {
+        s.endpoint_slices.len() == 2
+            && s.endpoint_slices
+                .get(&ObjectKey::new("app", "db-b"))
+                .is_some_and(|b| !b.endpoints[0].is_ready())
+    })
+    .await;
+    let want: BTreeSet<(String, bool)> = [("192.168.0.3", true), ("192.168.0.2", false)]
+        .iter()
+        .map(|(a, h)| (a.to_string(), *h))
+        .collect();
+    assert_eq!(db_endpoints(&s), want);
+}
+
+/// A status-only change of a route publishes new status inputs but no new config.
+#[test]
+fn status_only_changes_do_not_touch_the_model() {
+    const ROUTE: WatchedKind =
+        WatchedKind::crd("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes");
+    let route = |rv: &str, status: serde_json::Value| {
+        dyn_obj(
+            json!({"metadata": {"name": "r", "namespace": "app", "resourceVersion": rv, "generation": 2},
+                       "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "echo"}],
+                                "rules": [{"backendRefs": [{"name": "echo", "port": 80}]}]},
+                       "status": status}),
+        )
+    };
+    let mut st = KubeStore::new(&[ROUTE]);
+    st.apply(&ROUTE, watcher::Event::Init);
+    st.apply(&ROUTE, watcher::Event::InitApply(route("1", json!({}))));
+    assert!(st.apply(&ROUTE, watcher::Event::InitDone));
+    assert_eq!(st.take_changes(), (true, true));
+    let objs = st.status_objects();
+    assert_eq!(objs.len(), 1);
+    assert_eq!(
+        (
+            objs[0].kind,
+            objs[0].generation,
+            objs[0].resource_version.as_str()
+        ),
+        ("HTTPRoute", 2, "1")
+    );
+    assert!(objs[0].invalid.is_none());
+
+    let written = json!({"parents": [{"controllerName": "istio.io/gateway-controller"}]});
+    assert!(
+        !st.apply(&ROUTE, watcher::Event::Apply(route("2", written.clone()))),
+        "the model is unchanged"
+    );
+    assert_eq!(st.take_changes(), (false, true));
+    assert_eq!(st.status_objects()[0].status, written);
+
+    // A refused route still has a status object, saying why.
+    let mut bad = route("3", written);
+    bad.data["spec"]["rules"][0]["backendRefs"][0]["kind"] = "Bucket".into();
+    assert!(st.apply(&ROUTE, watcher::Event::Apply(bad)));
+    assert!(st.snapshot(2).http_routes.is_empty());
+    let invalid = st.status_objects()[0].invalid.clone().unwrap();
+    assert!(invalid.contains("backendRefs[0]"), "{invalid}");
+}
