@@ -30,7 +30,8 @@ pub struct Cli {
 /// Commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Show what a ztunnel knows, from its admin /config_dump (istioctl's columns).
+    /// Show what a ztunnel knows, from its admin /config_dump (istioctl's columns); with
+    /// --local, the ztunnels of a local cluster.
     #[command(name = "ztunnel-config")]
     ZtunnelConfig(ZtunnelConfigArgs),
     /// Pre- and post-install checks, one ✓/‼/✗ line each with a hint; exit 1 on any ✗.
@@ -234,7 +235,7 @@ pub enum Section {
     /// Open connections: DIRECTION SOURCE DESTINATION SOURCE IDENTITY DESTINATION IDENTITY PROTOCOL STARTED.
     #[value(alias = "connection")]
     Connections,
-    /// All four tables (or the whole dump with -o json|yaml).
+    /// Every table above (or the whole dump with -o json|yaml).
     All,
 }
 
@@ -248,10 +249,18 @@ pub struct ZtunnelConfigArgs {
     /// 127.0.0.1:15000.
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<String>,
+    /// A `meshctl local` cluster: read the ztunnel of every node (merged: workloads, services
+    /// and policies once, every agent's certificates and connections), or only the node's
+    /// with --node [env: MESHCTL_LOCAL].
+    #[arg(long, value_name = "CLUSTER", conflicts_with = "admin")]
+    pub local: Option<String>,
+    /// State directory of that local cluster.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Only this namespace (workloads, services, policies).
     #[arg(long, short = 'n', value_name = "NAMESPACE")]
     pub namespace: Option<String>,
-    /// Only workloads on this node.
+    /// Only workloads on this node; with --local, also read only this node's ztunnel.
     #[arg(long, value_name = "NODE")]
     pub node: Option<String>,
     /// Output format.

@@ -1,80 +1,21 @@
-//! istiod-lite + one ztunnel (node1) with the example config, on loopback ports.
+//! istiod-lite + one ztunnel (node1) with the example config, on loopback ports: single rows
+//! asserted one by one (the whole outputs are golden files in `golden_live.rs`).
 
 use std::net::Ipv4Addr;
-use std::path::Path;
-use std::process::Command;
 
+use crate::mesh::{Mesh, MeshOptions};
 use crate::support::*;
 
 /// The example pods' node1 address (examples/local/client.yaml).
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 1, 1);
 
-struct Mesh {
-    _dir: tempfile::TempDir,
-    istiod: Proc,
-    ztunnel: Proc,
-    monitoring: String,
-    admin: String,
-    readiness: String,
-    stats: String,
-}
-
 fn start_mesh() -> Mesh {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config");
-    std::fs::create_dir(&config).unwrap();
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/local");
-    for f in std::fs::read_dir(&examples).unwrap() {
-        let f = f.unwrap().path();
-        if f.extension().is_some_and(|e| e == "yaml") {
-            std::fs::copy(&f, config.join(f.file_name().unwrap())).unwrap();
-        }
-    }
-    let state = dir.path().join("state");
-    let (xds, tls, monitoring) = (free_addr(), free_addr(), free_addr());
-    let mut cmd = Command::new(bin("istiod-lite"));
-    cmd.env("CONFIG_DIR", &config)
-        .env("STATE_DIR", &state)
-        .env("XDS_PLAINTEXT_ADDR", &xds)
-        .env("XDS_TLS_ADDR", &tls)
-        .env("MONITORING_ADDR", &monitoring);
-    let mut istiod = Proc::spawn("istiod-lite", cmd, dir.path());
-    wait_ready(&monitoring, "/ready", &mut istiod);
-
-    let token = Command::new(bin("istiod-lite"))
-        .args(["node-token", "--state-dir"])
-        .arg(&state)
-        .args(["--node", "node1"])
-        .output()
-        .unwrap();
-    assert!(token.status.success(), "{token:?}");
-    let token_file = dir.path().join("node1.token");
-    std::fs::write(&token_file, &token.stdout).unwrap();
-
-    let (admin, stats, readiness, socks) = (free_addr(), free_addr(), free_addr(), free_addr());
-    let mut cmd = Command::new(bin("ztunnel"));
-    cmd.env("NODE_NAME", "node1")
-        .env("XDS_ADDRESS", format!("http://{xds}"))
-        .env("AUTH_TOKEN", &token_file)
-        .env("ADMIN_ADDR", &admin)
-        .env("STATS_ADDR", &stats)
-        .env("READINESS_ADDR", &readiness)
-        .env("SOCKS5_ADDR", &socks)
-        .env("OUTBOUND_ADDR", "")
-        .env("INBOUND_PLAINTEXT_ADDR", "")
+    Mesh::start(MeshOptions {
+        nodes: vec!["node1"],
         // The client pod's inbound HBONE listener opens on its IP: keep off the shared 15008.
-        .env("HBONE_PORT", free_port(CLIENT_IP).to_string());
-    let mut ztunnel = Proc::spawn("ztunnel", cmd, dir.path());
-    wait_ready(&readiness, "/healthz/ready", &mut ztunnel);
-    Mesh {
-        _dir: dir,
-        istiod,
-        ztunnel,
-        monitoring,
-        admin,
-        readiness,
-        stats,
-    }
+        hbone_port: Some(free_port(CLIENT_IP)),
+        config: Vec::new(),
+    })
 }
 
 /// The row of `table` whose cells start with `first` (cells separated by spaces).
@@ -88,9 +29,11 @@ fn row<'a>(table: &'a str, cells: &[&str]) -> Option<&'a str> {
 #[test]
 fn meshctl_against_a_running_mesh_and_with_istiod_down() {
     let mut m = start_mesh();
+    let z = m.ztunnel("node1");
+    let (admin, readiness, stats) = (z.admin.clone(), z.readiness.clone(), z.stats.clone());
 
     // ztunnel-config workloads: istioctl's columns, the example pods.
-    let r = meshctl(&["ztunnel-config", "workloads", "--admin", &m.admin], &[]);
+    let r = meshctl(&["ztunnel-config", "workloads", "--admin", &admin], &[]);
     assert_eq!(r.code, 0, "{r:?}");
     assert!(
         r.stdout
@@ -115,7 +58,7 @@ fn meshctl_against_a_running_mesh_and_with_istiod_down() {
     );
 
     // The same through MESHCTL_ZTUNNELS, as JSON.
-    let zt = format!("{},{},{}", m.admin, m.readiness, m.stats);
+    let zt = format!("{},{},{}", admin, readiness, stats);
     let r = meshctl(
         &["ztunnel-config", "all", "-o", "json"],
         &[("MESHCTL_ZTUNNELS", &zt)],
@@ -130,15 +73,12 @@ fn meshctl_against_a_running_mesh_and_with_istiod_down() {
     );
 
     // Services and certificates tables.
-    let r = meshctl(&["ztunnel-config", "services", "--admin", &m.admin], &[]);
+    let r = meshctl(&["ztunnel-config", "services", "--admin", &admin], &[]);
     assert!(
         row(&r.stdout, &["demo-b", "server", "127.0.2.1", "None", "1/1"]).is_some(),
         "{r:?}"
     );
-    let r = meshctl(
-        &["ztunnel-config", "certificates", "--admin", &m.admin],
-        &[],
-    );
+    let r = meshctl(&["ztunnel-config", "certificates", "--admin", &admin], &[]);
     let leaf = row(
         &r.stdout,
         &[
@@ -151,7 +91,7 @@ fn meshctl_against_a_running_mesh_and_with_istiod_down() {
     assert!(leaf.is_some(), "{r:?}");
 
     // Everything up: the post-install checks pass.
-    let zt_flag = format!("{},{}", m.admin, m.readiness);
+    let zt_flag = format!("{},{}", admin, readiness);
     let r = meshctl(
         &[
             "check",
@@ -217,7 +157,7 @@ fn meshctl_against_a_running_mesh_and_with_istiod_down() {
     assert!(r.stdout.contains("hint: start istiod-lite"), "{r:?}");
     assert!(r.stdout.contains("✓ agent is ready"), "{r:?}");
     assert!(r.stdout.ends_with("Status check results are ✗\n"), "{r:?}");
-    m.ztunnel.assert_running();
+    m.ztunnels[0].proc.assert_running();
 
     // A command whose component is gone exits 3 and says which address failed.
     let r = meshctl(

@@ -161,6 +161,7 @@ pub fn meshctl(args: &[&str], env: &[(&str, &str)]) -> Run {
         .env_remove("MESHCTL_ISTIOD")
         .env_remove("MESHCTL_ZTUNNELS")
         .env_remove("MESHCTL_PROMETHEUS")
+        .env_remove("MESHCTL_LOCAL")
         .envs(env.iter().copied())
         .stdin(Stdio::null());
     let Output {
@@ -243,6 +244,160 @@ impl Drop for FakeServer {
         // Wake the accept loop so it sees the flag.
         let _ = TcpStream::connect(self.addr);
         if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The machine-wide lock the end-to-end tests (tests/e2e) hold while they use the fixed pod
+/// addresses 127.0.1.x with Istio's ports: the same abstract unix socket, so a test here that
+/// binds 127.0.1.x:15008 or :8080 never runs at the same time as one of them.
+pub struct LoopbackLock {
+    _listener: std::os::unix::net::UnixListener,
+}
+
+impl LoopbackLock {
+    /// Waits (polling: a bind is the only way to ask) until nobody else holds it.
+    pub fn acquire() -> LoopbackLock {
+        use std::os::linux::net::SocketAddrExt;
+        let addr =
+            std::os::unix::net::SocketAddr::from_abstract_name(b"ambient-rs/mesh-e2e/loopback")
+                .expect("abstract socket name");
+        let start = Instant::now();
+        loop {
+            match std::os::unix::net::UnixListener::bind_addr(&addr) {
+                Ok(l) => return LoopbackLock { _listener: l },
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    assert!(
+                        start.elapsed() < Duration::from_secs(1800),
+                        "waited 30 minutes for the mesh-e2e loopback lock"
+                    );
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("binding the mesh-e2e lock socket: {e}"),
+            }
+        }
+    }
+}
+
+/// A TCP connection from `from` (a pod IP: explicit mode tells callers apart by it) to
+/// `dest` through the SOCKS5 proxy at `proxy` (RFC 1928 CONNECT, no authentication).
+pub fn socks_connect(
+    proxy: &str,
+    from: Ipv4Addr,
+    dest: std::net::SocketAddrV4,
+) -> std::io::Result<TcpStream> {
+    use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
+    use std::os::fd::AsRawFd;
+    let proxy: std::net::SocketAddrV4 = proxy
+        .parse()
+        .map_err(|e| std::io::Error::other(format!("{proxy}: {e}")))?;
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    bind(
+        fd.as_raw_fd(),
+        &SockaddrIn::from(std::net::SocketAddrV4::new(from, 0)),
+    )?;
+    connect(fd.as_raw_fd(), &SockaddrIn::from(proxy))?;
+    let mut s = TcpStream::from(fd);
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(&[5, 1, 0])?;
+    let mut reply = [0u8; 2];
+    s.read_exact(&mut reply)?;
+    if reply != [5, 0] {
+        return Err(std::io::Error::other(format!(
+            "SOCKS5 greeting answered {reply:?}"
+        )));
+    }
+    let mut req = vec![5, 1, 0, 1];
+    req.extend(dest.ip().octets());
+    req.extend(dest.port().to_be_bytes());
+    s.write_all(&req)?;
+    let mut head = [0u8; 10];
+    s.read_exact(&mut head)?;
+    if head[1] != 0 {
+        return Err(std::io::Error::other(format!(
+            "SOCKS5 CONNECT {dest} answered {:#04x}",
+            head[1]
+        )));
+    }
+    Ok(s)
+}
+
+/// One short HTTP/1.0 exchange through the mesh: the whole answer.
+pub fn http_get_via(
+    proxy: &str,
+    from: Ipv4Addr,
+    dest: std::net::SocketAddrV4,
+) -> std::io::Result<String> {
+    let mut s = socks_connect(proxy, from, dest)?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: server\r\n\r\n")?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    Ok(body)
+}
+
+/// The server pod's app: answers every request on each of its ports with a fixed HTTP/1.0
+/// reply, then closes. Stops on drop.
+pub struct App {
+    addrs: Vec<SocketAddr>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// The app's reply (fixed, so byte counts depend only on the request).
+pub const APP_REPLY: &str = "HTTP/1.0 200 OK\r\ncontent-length: 6\r\n\r\nhello\n";
+
+impl App {
+    pub fn start(ip: Ipv4Addr, ports: &[u16]) -> App {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut addrs = Vec::new();
+        let mut threads = Vec::new();
+        for &port in ports {
+            let l = TcpListener::bind((ip, port))
+                .unwrap_or_else(|e| panic!("app cannot listen on {ip}:{port}: {e}"));
+            addrs.push(l.local_addr().expect("addr"));
+            let stop = stop.clone();
+            threads.push(std::thread::spawn(move || {
+                for conn in l.incoming() {
+                    if stop.load(Ordering::Acquire) {
+                        return;
+                    }
+                    let Ok(mut s) = conn else { continue };
+                    std::thread::spawn(move || {
+                        let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+                        let mut head = Vec::new();
+                        let mut b = [0u8; 1];
+                        while !head.ends_with(b"\r\n\r\n") {
+                            match s.read(&mut b) {
+                                Ok(1) => head.push(b[0]),
+                                _ => return,
+                            }
+                        }
+                        let _ = s.write_all(APP_REPLY.as_bytes());
+                    });
+                }
+            }));
+        }
+        App {
+            addrs,
+            stop,
+            threads,
+        }
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        for a in &self.addrs {
+            let _ = TcpStream::connect(a);
+        }
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }

@@ -10,7 +10,8 @@
 //! - Helpers: [`socks5`] client, [`apps`] (echo/bulk servers on a pod IP), [`prom`] (scrape and
 //!   parse labelled Prometheus series), [`http`] (tiny HTTP/1.1 GET), [`ca`] (the CA API as a
 //!   ztunnel calls it), [`netns`] (network namespaces for the root-only capture test), [`local`]
-//!   (drives `meshctl local` clusters and snapshots the root network namespace).
+//!   (drives `meshctl local` clusters and snapshots the root network namespace), [`golden`]
+//!   (golden files of command output: the normaliser, `UPDATE_GOLDEN=1`, a line diff).
 //!
 //! Binaries are found next to the test executable (`target/debug/{istiod-lite,ztunnel}`), or in
 //! `$MESH_BIN_DIR`. Build them first: `cargo build --bins` (`make test` does).
@@ -18,6 +19,7 @@
 pub mod apps;
 pub mod bins;
 pub mod ca;
+pub mod golden;
 pub mod http;
 pub mod local;
 pub mod mesh;

@@ -128,6 +128,82 @@ impl LocalCluster {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// `meshctl <args> --local N --state-dir D` as a command not yet run: to spawn it (a tap)
+    /// or to read an exit code other than 0.
+    pub fn cli_command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.meshctl);
+        c.args(args)
+            .args(["--local", &self.name])
+            .arg("--state-dir")
+            .arg(&self.dir)
+            .env("NO_COLOR", "1")
+            .env_remove("MESHCTL_LOCAL")
+            .env_remove("MESHCTL_ZTUNNELS")
+            .env_remove("MESHCTL_ISTIOD");
+        c
+    }
+
+    /// `meshctl <args>` run inside network namespace `netns` (for commands that take
+    /// addresses, such as `check` and `stat`: a node's ztunnel admin port is on its loopback);
+    /// the output whatever the status.
+    pub fn meshctl_in(&self, netns: &str, args: &[&str]) -> anyhow::Result<Output> {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={NETNS_DIR}/{netns}"))
+            .arg("--")
+            .arg(&self.meshctl)
+            .args(args)
+            .env("NO_COLOR", "1")
+            .env_remove("MESHCTL_LOCAL")
+            .env_remove("MESHCTL_ZTUNNELS")
+            .env_remove("MESHCTL_ISTIOD")
+            .output()
+            .with_context(|| format!("running meshctl {} in {netns}", args.join(" ")))?;
+        eprintln!(
+            "$ [{netns}] meshctl {} -> {}\n{}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(out)
+    }
+
+    /// Prints the last lines of every log of the cluster (its processes' and each pod's
+    /// app.log) to stderr: what a failing test shows.
+    pub fn print_logs(&self) {
+        let mut logs: Vec<PathBuf> = std::fs::read_dir(self.dir.join("logs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        for pod in std::fs::read_dir(self.dir.join("pods"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            logs.push(pod.path().join("app.log"));
+        }
+        for log in logs.iter().filter(|p| p.exists()) {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(60).collect();
+            eprintln!("===== {} (last lines) =====", log.display());
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+
+    /// The network namespace of node `node` (`ambrs-<cluster>.<node>`).
+    pub fn node_netns(&self, node: &str) -> String {
+        format!("ambrs-{}.{node}", self.name)
+    }
+
+    /// The network namespace of pod `ns/name` (`ambrs-<cluster>.<ns>.<name>`).
+    pub fn pod_netns(&self, ns: &str, name: &str) -> String {
+        format!("ambrs-{}.{ns}.{name}", self.name)
+    }
+
     /// `status -o json`.
     pub fn status(&self) -> anyhow::Result<Value> {
         Ok(serde_json::from_str(&self.ok(&["status", "-o", "json"])?)?)

@@ -203,11 +203,7 @@ fn control_plane(addr: &str, ctx: &Ctx<'_>) -> (Vec<Line>, Option<Vec<String>>) 
         .map(|r| serde_json::from_slice::<Value>(&r.body))
     {
         Ok(Ok(Value::Array(list))) => {
-            let mut names: Vec<String> = list
-                .iter()
-                .filter_map(|c| c.get("node_name").and_then(Value::as_str))
-                .map(str::to_string)
-                .collect();
+            let mut names: Vec<String> = list.iter().filter_map(client_name).collect();
             names.sort();
             names.dedup();
             if names.is_empty() {
@@ -251,6 +247,24 @@ fn control_plane(addr: &str, ctx: &Ctx<'_>) -> (Vec<Line>, Option<Vec<String>>) 
         }
     };
     (lines, clients)
+}
+
+/// What to call a connected xDS client: its node name (a ztunnel's NODE_NAME), else the
+/// `<pod>.<namespace>` of its Istio proxy id (`router~<ip>~<pod>.<ns>~<domain>`, a waypoint),
+/// else the whole id.
+fn client_name(c: &Value) -> Option<String> {
+    let field = |k: &str| c.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
+    if let Some(n) = field("node_name") {
+        return Some(n.to_string());
+    }
+    let id = field("node_id")?;
+    Some(
+        id.split('~')
+            .nth(2)
+            .filter(|p| !p.is_empty())
+            .unwrap_or(id)
+            .to_string(),
+    )
 }
 
 fn first_line(s: &str) -> &str {

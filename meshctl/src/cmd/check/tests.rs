@@ -165,3 +165,20 @@ fn report_exit_and_json_shape() {
         .unwrap()
         .ends_with("Status check results are ✓\n"));
 }
+
+#[test]
+fn xds_clients_are_named_by_node_else_by_proxy_id() {
+    let c = |v: serde_json::Value| client_name(&v);
+    assert_eq!(
+        c(serde_json::json!({"node_name": "node-1", "node_id": "ztunnel~x~y~z"})),
+        Some("node-1".into())
+    );
+    assert_eq!(
+        c(
+            serde_json::json!({"node_name": "", "node_id": "router~10.244.2.3~waypoint.demo~demo.svc.cluster.local"})
+        ),
+        Some("waypoint.demo".into())
+    );
+    assert_eq!(c(serde_json::json!({"node_id": "odd"})), Some("odd".into()));
+    assert_eq!(c(serde_json::json!({"node_name": ""})), None);
+}

@@ -100,8 +100,14 @@ impl View {
     }
 }
 
+/// `Name:` and the value in a column; an empty name continues the field above (no colon).
 fn field(out: &mut dyn Write, name: &str, value: impl AsRef<str>) -> std::io::Result<()> {
-    writeln!(out, "{:<18}{}", format!("{name}:"), value.as_ref())
+    let label = if name.is_empty() {
+        String::new()
+    } else {
+        format!("{name}:")
+    };
+    writeln!(out, "{label:<18}{}", value.as_ref())
 }
 
 /// Runs `describe`.
@@ -182,7 +188,10 @@ fn pod(view: &View, ns: &str, name: &str, out: &mut dyn Write) -> Result<(), Err
             "-".into()
         } else {
             svcs.iter()
-                .map(|s| format!("{} ({})", s.hostname, s.vip()))
+                .map(|s| match s.vip() {
+                    vip if vip.is_empty() => s.hostname.clone(),
+                    vip => format!("{} ({vip})", s.hostname),
+                })
                 .collect::<Vec<_>>()
                 .join(", ")
         },
@@ -317,9 +326,12 @@ fn service(view: &View, ns: &str, name: &str, out: &mut dyn Write) -> Result<(),
                         && r["metadata"]["namespace"].as_str().unwrap_or("default") == ns
                 });
             if attached {
-                let rules = r["spec"]["rules"].as_array().map_or(0, Vec::len);
+                let rules = match r["spec"]["rules"].as_array().map_or(0, Vec::len) {
+                    1 => "1 rule".to_string(),
+                    n => format!("{n} rules"),
+                };
                 routes.push(format!(
-                    "{label} {}/{} ({rules} rules)",
+                    "{label} {}/{} ({rules})",
                     r["metadata"]["namespace"].as_str().unwrap_or("default"),
                     r["metadata"]["name"].as_str().unwrap_or_default()
                 ));

@@ -24,15 +24,18 @@ const HINT: &str =
 /// or the user interrupts.
 pub fn run(a: &TapArgs, ctx: &Ctx<'_>, out: &mut dyn Write) -> Result<(), Error> {
     if !matches!(a.output, Format::Table | Format::Wide | Format::Json) {
-        return Err(Error::Usage("tap prints events as they come: -o table or -o json".into()));
+        return Err(Error::Usage(
+            "tap prints events as they come: -o table or -o json".into(),
+        ));
     }
     let query = query(a)?;
     // (label, netns to enter or None, admin address)
     let mut sources: Vec<(String, Option<std::path::PathBuf>, String)> = Vec::new();
-    let local = a
-        .local
-        .clone()
-        .or_else(|| ctx.env.get(crate::cmd::waypoint::LOCAL_ENV).filter(|s| !s.is_empty()));
+    let local = a.local.clone().or_else(|| {
+        ctx.env
+            .get(crate::cmd::waypoint::LOCAL_ENV)
+            .filter(|s| !s.is_empty())
+    });
     if let Some(cluster) = local {
         let dir = crate::cmd::local::state_dir(&cluster, a.state_dir.as_deref());
         for (label, netns) in crate::cmd::local::waypoint::tap_sources(&cluster, &dir)? {
@@ -58,9 +61,15 @@ pub fn run(a: &TapArgs, ctx: &Ctx<'_>, out: &mut dyn Write) -> Result<(), Error>
             if let Some(ns) = &netns {
                 let joined = std::fs::File::open(ns)
                     .map_err(|e| e.to_string())
-                    .and_then(|f| nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string()));
+                    .and_then(|f| {
+                        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+                            .map_err(|e| e.to_string())
+                    });
                 if let Err(e) = joined {
-                    let _ = tx.send(Err(Error::Usage(format!("{label}: cannot enter {}: {e}", ns.display()))));
+                    let _ = tx.send(Err(Error::Usage(format!(
+                        "{label}: cannot enter {}: {e}",
+                        ns.display()
+                    ))));
                     return;
                 }
             }
@@ -218,7 +227,10 @@ fn row(ev: &Value) -> String {
             ev["path"].as_str().unwrap_or_default(),
             ev["status"]
         );
-        if let Some(g) = ev["grpc_status"].as_str().filter(|g| !g.is_empty() && *g != "-") {
+        if let Some(g) = ev["grpc_status"]
+            .as_str()
+            .filter(|g| !g.is_empty() && *g != "-")
+        {
             what.push_str(&format!(" grpc={g}"));
         }
         if !flags.is_empty() {

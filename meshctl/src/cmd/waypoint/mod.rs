@@ -255,8 +255,15 @@ pub fn run(a: &WaypointArgs, ctx: &Ctx<'_>, out: &mut dyn Write) -> Result<(), E
                         && st.name.as_ref().is_none_or(|n| s["name"] == n.as_str())
                 })
                 .collect();
+            // The exit code says whether every waypoint is programmed, whatever the format.
+            let pending = shown.iter().filter(|s| !programmed(s)).count();
             if !matches!(st.output, Format::Table | Format::Wide) {
-                return write_data(out, st.output, &shown);
+                write_data(out, st.output, &shown)?;
+                return if pending == 0 {
+                    Ok(())
+                } else {
+                    Err(Error::CheckFailed(pending))
+                };
             }
             if shown.is_empty() {
                 return Err(Error::Usage(format!("no waypoint in namespace {ns}")));
@@ -276,7 +283,6 @@ pub fn run(a: &WaypointArgs, ctx: &Ctx<'_>, out: &mut dyn Write) -> Result<(), E
                 }
             }
             write!(out, "{}", t.render())?;
-            let pending = shown.iter().filter(|s| !programmed(s)).count();
             if pending == 0 {
                 Ok(())
             } else {

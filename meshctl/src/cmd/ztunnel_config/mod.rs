@@ -1,5 +1,8 @@
-//! `meshctl ztunnel-config workloads|services|policies|certificates|all`: istioctl's tables
-//! over a ztunnel's admin `/config_dump`; `-o json|yaml` prints the dump's own entries.
+//! `meshctl ztunnel-config workloads|services|policies|certificates|connections|all`:
+//! istioctl's tables over a ztunnel's admin `/config_dump`; `-o json|yaml` prints the dump's
+//! own entries. With `--local`, the agents of a `meshctl local` cluster ([`local`]).
+
+pub mod local;
 
 use std::io::Write;
 
@@ -48,16 +51,33 @@ pub fn fetch_dump(admin: &str, ctx: &Ctx<'_>) -> Result<ConfigDump, Error> {
     })
 }
 
-/// Runs the command.
+/// Runs the command: one agent by its admin address, or a local cluster's agents.
 pub fn run(args: &ZtunnelConfigArgs, ctx: &Ctx<'_>, out: &mut dyn Write) -> Result<(), Error> {
-    let admin = match &args.admin {
-        Some(a) => config::normalize_addr(a, "--admin")?,
-        None => config::ztunnels(&[], ctx.env)?
-            .first()
-            .map(|z| z.admin.clone())
-            .unwrap_or_else(|| config::DEFAULT_ADMIN.to_string()),
+    // --admin names one agent explicitly, so it wins over MESHCTL_LOCAL (clap refuses it
+    // together with --local).
+    let local_cluster = args.local.clone().or_else(|| {
+        args.admin
+            .is_none()
+            .then(|| ctx.env.get(super::waypoint::LOCAL_ENV))
+            .flatten()
+            .filter(|s| !s.is_empty())
+    });
+    let dump = match local_cluster {
+        Some(cluster) => {
+            let dir = super::local::state_dir(&cluster, args.state_dir.as_deref());
+            local::dump(&cluster, &dir, args.node.as_deref(), ctx)?
+        }
+        None => {
+            let admin = match &args.admin {
+                Some(a) => config::normalize_addr(a, "--admin")?,
+                None => config::ztunnels(&[], ctx.env)?
+                    .first()
+                    .map(|z| z.admin.clone())
+                    .unwrap_or_else(|| config::DEFAULT_ADMIN.to_string()),
+            };
+            fetch_dump(&admin, ctx)?
+        }
     };
-    let dump = fetch_dump(&admin, ctx)?;
     let filter = Filter {
         namespace: args.namespace.clone(),
         node: args.node.clone(),
@@ -172,10 +192,13 @@ pub fn services(dump: &ConfigDump, f: &Filter) -> Table {
     for i in service_order(dump, f) {
         let s = &dump.services[i];
         let (healthy, total) = s.endpoints(&dump.workloads);
+        // A Service without a VIP is headless: Kubernetes spells that clusterIP None, and an
+        // empty cell would shift the columns for anyone splitting on whitespace.
+        let vip = Some(s.vip()).filter(|v| !v.is_empty());
         t.row(vec![
             s.namespace.clone(),
             s.name.clone(),
-            s.vip(),
+            vip.unwrap_or_else(|| "None".into()),
             waypoint_name(s.waypoint.as_ref(), &dump.services),
             format!("{healthy}/{total}"),
         ]);
