@@ -65,6 +65,7 @@ impl Shared {
                     "hostname": s.hostname,
                     "addresses": s.addresses,
                     "ports": ports,
+                    "locality": s.locality.to_string(),
                 })
             })
             .collect();
@@ -99,7 +100,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     certs.track(&[cfg.identity()].into_iter().collect());
 
     let (routes_tx, routes_rx) = watch::channel(Arc::new(Table::default()));
-    let routes_handler = crate::xds::RoutesHandler::new(routes_tx);
+    let routes_handler = crate::xds::RoutesHandler::new(routes_tx).for_pod(&cfg.pod_name);
     let security_rx = routes_handler.security();
     crate::trace::init(&cfg.tracing);
     let xds = mesh_xds::XdsClient::new(

@@ -7,13 +7,16 @@
 //!   oldest route, then `namespace/name` alphabetically, then rule and match order.
 //! * Filters (request/response header modifiers, redirect, URL rewrite), weighted backends,
 //!   endpoints chosen by the backend's DestinationRule policy ([`cluster`]: load balancer,
-//!   connection pool, outlier detection), fault injection ([`fault`]), mirrors, and the retry
-//!   budget.
+//!   [`locality`] preference, connection pool, outlier detection), fault injection
+//!   ([`fault`]), mirrors, and the retry budget.
 //! * VirtualService rules (a port's `ordered` flag) keep their order: the first match wins.
 
 pub mod cluster;
 pub mod fault;
 pub mod lb;
+pub mod locality;
+#[cfg(test)]
+mod locality_tests;
 pub mod outlier;
 pub mod pool;
 #[cfg(test)]
@@ -95,6 +98,8 @@ pub struct Endpoint {
     pub canonical_revision: String,
     /// Cluster (metrics).
     pub cluster: String,
+    /// Where it runs (locality load balancing).
+    pub locality: locality::Locality,
 }
 
 /// A weighted backend Service (or DestinationRule subset of one) with its endpoints.
@@ -471,6 +476,8 @@ pub struct Service {
     pub addresses: Vec<IpAddr>,
     /// Ports by number.
     pub ports: HashMap<u16, Arc<Port>>,
+    /// This waypoint's own locality, as the resource gave it (empty = unknown).
+    pub locality: locality::Locality,
 }
 
 fn ip(bytes: &[u8], what: &str) -> Result<IpAddr, RouteError> {
@@ -532,7 +539,7 @@ fn path_change(p: &pb::PathModifier) -> PathChange {
     }
 }
 
-fn backend(b: &pb::Backend) -> Result<Backend, RouteError> {
+fn backend(b: &pb::Backend, own: &locality::Locality) -> Result<Backend, RouteError> {
     let endpoints = b
         .endpoints
         .iter()
@@ -547,6 +554,7 @@ fn backend(b: &pb::Backend) -> Result<Backend, RouteError> {
                 canonical_name: e.canonical_name.clone(),
                 canonical_revision: e.canonical_revision.clone(),
                 cluster: e.cluster_id.clone(),
+                locality: locality::Locality::from_pb(e.locality.as_ref()),
             }))
         })
         .collect::<Result<Vec<_>, RouteError>>()?;
@@ -555,6 +563,7 @@ fn backend(b: &pb::Backend) -> Result<Backend, RouteError> {
         format!("{}|{}|{}", b.hostname, b.subset, b.port),
         policy,
         endpoints.clone(),
+        own,
     );
     Ok(Backend {
         name: b.name.clone(),
@@ -632,14 +641,24 @@ fn policy(host: &str, p: Option<&pb::TrafficPolicy>) -> Result<cluster::Policy, 
             base_ejection: Duration::from_millis(o.base_ejection_time_ms),
             max_ejection_percent: o.max_ejection_percent,
         });
-    Ok(cluster::Policy { lb, pool, outlier })
+    let locality = p
+        .load_balancer
+        .as_ref()
+        .and_then(|l| l.locality.as_ref())
+        .map(locality::LocalityPolicy::from_pb);
+    Ok(cluster::Policy {
+        lb,
+        pool,
+        outlier,
+        locality,
+    })
 }
 
 fn ms(v: u64) -> Option<Duration> {
     (v > 0).then(|| Duration::from_millis(v))
 }
 
-fn rule(r: &pb::RouteRule) -> Result<Rule, RouteError> {
+fn rule(r: &pb::RouteRule, own: &locality::Locality) -> Result<Rule, RouteError> {
     let route = r.route.as_str();
     let retry_on = |p: &pb::RetryPolicy| {
         p.retry_on.as_ref().map(|o| RetryOn {
@@ -661,7 +680,7 @@ fn rule(r: &pb::RouteRule) -> Result<Rule, RouteError> {
         backends: r
             .backends
             .iter()
-            .map(|b| backend(b).map(Arc::new))
+            .map(|b| backend(b, own).map(Arc::new))
             .collect::<Result<_, _>>()?,
         total_weight: 0,
         timeout: ms(r.request_timeout_ms),
@@ -725,7 +744,7 @@ fn rule(r: &pb::RouteRule) -> Result<Rule, RouteError> {
             Some(pb::filter::Kind::RequestMirror(m)) => {
                 if let Some(b) = &m.backend {
                     out.mirrors.push(Mirror {
-                        backend: Arc::new(backend(b)?),
+                        backend: Arc::new(backend(b, own)?),
                         percent: m.percent,
                     });
                 }
@@ -749,10 +768,14 @@ type Key = (
     usize,
 );
 
-fn entries(rules: &[pb::RouteRule], ordered: bool) -> Result<Vec<Entry>, RouteError> {
+fn entries(
+    rules: &[pb::RouteRule],
+    ordered: bool,
+    own: &locality::Locality,
+) -> Result<Vec<Entry>, RouteError> {
     let mut keyed: Vec<(Key, Entry)> = Vec::new();
     for (position, r) in rules.iter().enumerate() {
-        let compiled = Arc::new(rule(r)?);
+        let compiled = Arc::new(rule(r, own)?);
         let default_match = [pb::RouteMatch::default()];
         let matches: &[pb::RouteMatch] = if r.matches.is_empty() {
             &default_match
@@ -856,8 +879,22 @@ fn entries(rules: &[pb::RouteRule], ordered: bool) -> Result<Vec<Entry>, RouteEr
     Ok(keyed.into_iter().map(|(_, e)| e).collect())
 }
 
-/// Compiles one pushed resource.
+/// Compiles one pushed resource for a waypoint whose locality is unknown.
 pub fn compile(s: &pb::ServiceRoutes) -> Result<Service, RouteError> {
+    compile_for(s, "")
+}
+
+/// Compiles one pushed resource for the waypoint pod `pod_name`: its locality (from the
+/// resource's `waypoint_instances`) ranks the endpoints of backends with locality load
+/// balancing.
+pub fn compile_for(s: &pb::ServiceRoutes, pod_name: &str) -> Result<Service, RouteError> {
+    let own = locality::Locality::from_pb(
+        s.waypoint_instances
+            .iter()
+            .find(|w| !pod_name.is_empty() && w.pod_name == pod_name)
+            .and_then(|w| w.locality.as_ref()),
+    );
+    let own = &own;
     let mut ports = HashMap::new();
     for p in &s.ports {
         let protocol = match p.protocol() {
@@ -867,21 +904,24 @@ pub fn compile(s: &pb::ServiceRoutes) -> Result<Service, RouteError> {
             pb::Protocol::Grpc => Protocol::Grpc,
         };
         let default = p.default_backend.clone().unwrap_or_default();
-        let default_rule = Arc::new(rule(&pb::RouteRule {
-            route: format!("{}/{} (default)", s.namespace, s.name),
-            backends: vec![pb::Backend {
-                weight: 1,
-                ..default
-            }],
-            ..Default::default()
-        })?);
+        let default_rule = Arc::new(rule(
+            &pb::RouteRule {
+                route: format!("{}/{} (default)", s.namespace, s.name),
+                backends: vec![pb::Backend {
+                    weight: 1,
+                    ..default
+                }],
+                ..Default::default()
+            },
+            own,
+        )?);
         let port = u16::try_from(p.port).unwrap_or(0);
         ports.insert(
             port,
             Arc::new(Port {
                 port,
                 protocol,
-                entries: entries(&p.rules, p.ordered)?,
+                entries: entries(&p.rules, p.ordered, own)?,
                 has_routes: !p.rules.is_empty(),
                 default_rule,
             }),
@@ -897,6 +937,7 @@ pub fn compile(s: &pb::ServiceRoutes) -> Result<Service, RouteError> {
             .map(|a| ip(a, &s.hostname))
             .collect::<Result<_, _>>()?,
         ports,
+        locality: own.clone(),
     })
 }
 

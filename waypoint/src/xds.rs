@@ -14,7 +14,7 @@ use prost::Message;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::routes::{compile, Service, Table};
+use crate::routes::{compile_for, Service, Table};
 
 /// Applies ServiceRoutes resources and publishes the table after each response.
 pub struct RoutesHandler {
@@ -24,6 +24,8 @@ pub struct RoutesHandler {
     security: HashMap<String, (String, Arc<crate::security::ServiceSecurity>)>,
     security_tx: watch::Sender<Arc<crate::security::SecurityTable>>,
     jwks: crate::jwt::JwksRegistry,
+    /// This replica's pod name: it finds its own locality in each resource by it.
+    pod_name: String,
 }
 
 impl RoutesHandler {
@@ -35,7 +37,15 @@ impl RoutesHandler {
             security: HashMap::new(),
             security_tx: watch::channel(Arc::default()).0,
             jwks: Default::default(),
+            pod_name: String::new(),
         }
+    }
+
+    /// Compiles resources for pod `name` (its locality ranks endpoints; see
+    /// [`crate::routes::locality`]).
+    pub fn for_pod(mut self, name: &str) -> Self {
+        self.pod_name = name.to_string();
+        self
     }
 
     /// The compiled L7 security, updated with every response.
@@ -53,7 +63,7 @@ impl mesh_xds::Handler for RoutesHandler {
     ) -> Result<(), String> {
         let r = ServiceRoutes::decode(any.value.as_slice())
             .map_err(|e| format!("{name}: undecodable ServiceRoutes: {e}"))?;
-        let svc = compile(&r).map_err(|e| format!("{name}: {e}"))?;
+        let svc = compile_for(&r, &self.pod_name).map_err(|e| format!("{name}: {e}"))?;
         let sec = crate::security::compile(&r, &self.jwks).map_err(|e| format!("{name}: {e}"))?;
         match sec {
             Some(s) => self

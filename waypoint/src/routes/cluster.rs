@@ -1,5 +1,6 @@
-//! Per-backend traffic policy and its live state: which endpoint a request goes to (load
-//! balancer, outlier ejections), the connection pool limits, and the outcome bookkeeping.
+//! Per-backend traffic policy and its live state: which endpoint a request goes to (locality
+//! level, load balancer, outlier ejections), the connection pool limits, and the outcome
+//! bookkeeping.
 //!
 //! A backend is what Envoy calls a cluster: `hostname|subset|port`. Its live state (requests in
 //! flight per endpoint, ejections, pool counters) is shared by every rule that sends to it and
@@ -16,6 +17,7 @@ use std::time::Instant;
 use http::HeaderMap;
 
 use super::lb::{self, LbPolicy, Ring};
+use super::locality::{self, Locality, LocalityPolicy, Plan};
 use super::outlier::{self, Detector, Outcome, OutlierConfig};
 use super::pool::{Pool, PoolLimits};
 use super::Endpoint;
@@ -29,6 +31,8 @@ pub struct Policy {
     pub pool: PoolLimits,
     /// Outlier detection; `None` = off.
     pub outlier: Option<OutlierConfig>,
+    /// Locality load balancing; `None` = off.
+    pub locality: Option<LocalityPolicy>,
 }
 
 /// Per endpoint: requests in flight and the outlier detector.
@@ -97,6 +101,8 @@ pub struct Cluster {
     /// Endpoints.
     pub endpoints: Vec<Arc<Endpoint>>,
     ring: Option<Ring>,
+    /// The endpoints arranged by locality for this waypoint; `None` = no locality preference.
+    pub plan: Option<Plan>,
     /// Live state.
     pub state: Arc<ClusterState>,
 }
@@ -149,8 +155,13 @@ impl Drop for Picked {
 }
 
 impl Cluster {
-    /// A cluster named `name` over `endpoints` with `policy`.
-    pub fn new(name: String, policy: Policy, endpoints: Vec<Arc<Endpoint>>) -> Self {
+    /// A cluster named `name` over `endpoints` with `policy`, for a waypoint at `own`.
+    pub fn new(
+        name: String,
+        policy: Policy,
+        endpoints: Vec<Arc<Endpoint>>,
+        own: &Locality,
+    ) -> Self {
         let ring = match &policy.lb {
             LbPolicy::RingHash { ring_size, .. } => {
                 let ids: Vec<String> = endpoints.iter().map(|e| e.addr.to_string()).collect();
@@ -158,12 +169,20 @@ impl Cluster {
             }
             _ => None,
         };
+        let plan = policy.locality.as_ref().and_then(|p| {
+            let ls: Vec<&Locality> = endpoints.iter().map(|e| &e.locality).collect();
+            locality::plan(p, own, &ls)
+        });
+        if let Some(plan) = &plan {
+            tracing::debug!(cluster = %name, waypoint_locality = %own, ?plan, "locality load balancing");
+        }
         let state = state_for(&name);
         Cluster {
             name,
             policy,
             endpoints,
             ring,
+            plan,
             state,
         }
     }
@@ -190,18 +209,33 @@ impl Cluster {
             .iter()
             .map(|e| !eps.entry(e.addr).or_default().detector.is_ejected(now))
             .collect();
-        let candidates: Vec<usize> = (0..self.endpoints.len()).filter(|i| usable[*i]).collect();
+        let hash = match &self.policy.lb {
+            LbPolicy::RingHash { key, .. } => {
+                input.and_then(|i| lb::request_hash(key, i.headers, i.query, i.peer))
+            }
+            _ => None,
+        };
+        let candidates: Vec<usize> = match &self.plan {
+            // The level (or locality) first, then the algorithm within it; a hashed request
+            // picks its level by its hash so it stays put while health does not change.
+            Some(plan) => locality::choose(plan, &usable, hash.unwrap_or_else(|| roll() as u64))?,
+            None => (0..self.endpoints.len()).filter(|i| usable[*i]).collect(),
+        };
         if candidates.is_empty() {
             return None;
         }
         let chosen = match &self.policy.lb {
-            LbPolicy::RingHash { key, .. } => {
-                let hash = input.and_then(|i| lb::request_hash(key, i.headers, i.query, i.peer));
-                match (hash, &self.ring) {
-                    (Some(h), Some(ring)) => ring.lookup(h, |i| usable[i])?,
-                    _ => candidates[roll() % candidates.len()],
+            LbPolicy::RingHash { .. } => match (hash, &self.ring) {
+                (Some(h), Some(ring)) if self.plan.is_none() => ring.lookup(h, |i| usable[i])?,
+                (Some(h), Some(ring)) => {
+                    let mut allowed = vec![false; self.endpoints.len()];
+                    for i in &candidates {
+                        allowed[*i] = true;
+                    }
+                    ring.lookup(h, |i| allowed[i])?
                 }
-            }
+                _ => candidates[roll() % candidates.len()],
+            },
             LbPolicy::RoundRobin => {
                 candidates[self.state.rr.fetch_add(1, Ordering::Relaxed) % candidates.len()]
             }
@@ -242,6 +276,7 @@ mod tests {
             canonical_name: String::new(),
             canonical_revision: String::new(),
             cluster: String::new(),
+            locality: Locality::default(),
         })
     }
 
@@ -253,6 +288,7 @@ mod tests {
                 ..Default::default()
             },
             (1..=n).map(ep).collect(),
+            &Locality::default(),
         )
     }
 

@@ -201,7 +201,7 @@ fn weighted_backends_follow_their_weights() {
         ],
         ..Default::default()
     };
-    let compiled = super::rule(&r).unwrap();
+    let compiled = super::rule(&r, &Default::default()).unwrap();
     let mut counts = HashMap::new();
     for roll in 0..100 {
         let b = compiled.pick_backend_with(roll).unwrap();
@@ -218,10 +218,13 @@ fn weighted_backends_follow_their_weights() {
     }
     let v2 = random["v2"];
     assert!((800..1200).contains(&v2), "{v2} of 10000 to v2");
-    let none = super::rule(&RouteRule {
-        backends: vec![backend("off", 0, [10, 0, 0, 3])],
-        ..Default::default()
-    })
+    let none = super::rule(
+        &RouteRule {
+            backends: vec![backend("off", 0, [10, 0, 0, 3])],
+            ..Default::default()
+        },
+        &Default::default(),
+    )
     .unwrap();
     assert!(none.pick_backend().is_none());
 }
@@ -234,7 +237,7 @@ fn endpoints_round_robin() {
         port: 8080,
         ..Default::default()
     });
-    let b = super::backend(&b).unwrap();
+    let b = super::backend(&b, &Default::default()).unwrap();
     let picks: Vec<String> = (0..4).map(|_| b.pick().unwrap().addr.to_string()).collect();
     assert_eq!(
         picks,

@@ -14,7 +14,7 @@ use super::cni::{self, NodeNet};
 use super::error::LocalError;
 use super::process::{self, Proc, Spec};
 use super::state::{ClusterState, NodeState, StateLock};
-use super::{names, netns, pod};
+use super::{names, netns, objects, pod};
 use crate::cli::{LocalStatusArgs, LocalUpArgs};
 use crate::output::{self, Format, Table};
 
@@ -26,6 +26,8 @@ pub const XDS_PORT: u16 = 15010;
 pub const XDS_TLS_PORT: u16 = 15012;
 /// istiod-lite's monitoring port (`/ready`, `/metrics`).
 pub const MONITORING_PORT: u16 = 15014;
+/// The label every Kubernetes node carries with its own name.
+pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
 /// ztunnel's readiness port inside each node namespace.
 pub const ZTUNNEL_READINESS: &str = "127.0.0.1:15021";
 /// The in-pod mark ztunnel puts on its sockets (istio-cni's 0x539), skipped by the in-pod rules.
@@ -249,6 +251,13 @@ fn build(
         });
         write_json(&ndir.join(CONFLIST_FILE), &list)?;
         write_json(&ndir.join(LOOPBACK_FILE), &cni::loopback_conf())?;
+        // The Node object, as an API server holds one per node; its labels (edited by the
+        // user) are where pods get their locality from.
+        let labels = BTreeMap::from([(HOSTNAME_LABEL.to_string(), node.clone())]);
+        objects::write(
+            &objects::node_file(&st.config_dir(), &node),
+            &objects::node_yaml(&node, &labels),
+        )?;
         st.nodes.push(NodeState {
             name: node,
             index: n,

@@ -40,6 +40,27 @@ pub fn namespace_file(dir: &Path, namespace: &str) -> PathBuf {
     dir.join(format!("namespace.{namespace}.yaml"))
 }
 
+/// `node.<name>.yaml`.
+pub fn node_file(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("node.{name}.yaml"))
+}
+
+/// The Node object as YAML. Written once by `up` and never rewritten, so its labels are the
+/// user's to edit (like `kubectl label node`): `topology.kubernetes.io/region` and
+/// `topology.kubernetes.io/zone` (and `topology.istio.io/subzone`) give its pods a locality.
+pub fn node_yaml(name: &str, labels: &BTreeMap<String, String>) -> String {
+    let obj = json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": labels},
+    });
+    String::from(
+        "# Node written by `meshctl local up`. meshctl does not rewrite it: edit its labels to\n\
+         # give the node a locality, e.g. topology.kubernetes.io/region: us-east and\n\
+         # topology.kubernetes.io/zone: zone-a (see docs/local-cluster.md).\n",
+    ) + &to_yaml(&obj)
+}
+
 /// The Pod object as YAML.
 pub fn pod_yaml(p: &PodObject<'_>) -> String {
     let mut status = json!({

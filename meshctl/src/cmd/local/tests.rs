@@ -236,6 +236,25 @@ fn pod_yaml_is_pending_without_ip_then_running() {
 }
 
 #[test]
+fn node_yaml_is_a_node_whose_labels_the_user_edits() {
+    let labels: BTreeMap<String, String> =
+        [("kubernetes.io/hostname".to_string(), "node-2".to_string())].into();
+    let text = objects::node_yaml("node-2", &labels);
+    // The header tells the user how to give the node a locality.
+    assert!(text.contains("topology.kubernetes.io/zone"), "{text}");
+    let y: Value = serde_yaml_ng::from_str(&text).unwrap();
+    assert_eq!(y["kind"], "Node");
+    assert_eq!(y["apiVersion"], "v1");
+    assert_eq!(y["metadata"]["name"], "node-2");
+    assert!(y["metadata"].get("namespace").is_none());
+    assert_eq!(y["metadata"]["labels"]["kubernetes.io/hostname"], "node-2");
+    assert_eq!(
+        objects::node_file(Path::new("/c"), "node-2"),
+        Path::new("/c/node.node-2.yaml")
+    );
+}
+
+#[test]
 fn names_are_validated_and_unambiguous() {
     assert!(validate_cluster_name("ambient").is_ok());
     assert!(validate_cluster_name("a.b").is_err());
