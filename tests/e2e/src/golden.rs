@@ -167,8 +167,7 @@ impl Normalizer {
             Value::String(s) => Value::String(self.words(&s)),
             Value::Array(a) => Value::Array(a.into_iter().map(|e| self.value(None, e)).collect()),
             Value::Object(m) => {
-                let mut sorted: Vec<(String, Value)> = m.into_iter().collect();
-                sorted.sort_by(|a, b| a.0.cmp(&b.0));
+                let sorted: std::collections::BTreeMap<String, Value> = m.into_iter().collect();
                 Value::Object(
                     sorted
                         .into_iter()
