@@ -122,7 +122,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningApp> {
     let mut kube_mode = None;
     let (config_rx, auth) = match cfg.config_source {
         ConfigSource::Kubernetes => {
-            let mut k = crate::controller::start(&cfg, shutdown_rx.clone())
+            // The CA's roots are fixed for the life of the process (a new plug-in CA means a
+            // restart), so the channel carries one bundle; the publisher follows any later one.
+            let (_, roots) = watch::channel(roots_pem.clone());
+            let mut k = crate::controller::start(&cfg, roots, shutdown_rx.clone())
                 .await
                 .context(
                     "connecting to the Kubernetes API (in-cluster ServiceAccount or KUBECONFIG)",

@@ -12,7 +12,8 @@ default values and several non-default value sets, then checks:
   `.Values.x` a template reads defined in values.yaml;
 - the security-relevant bits (ztunnel capabilities exactly NET_ADMIN/SYS_ADMIN/NET_RAW, no RBAC
   for ztunnel, istiod-lite's ClusterRole least-privilege), probes, ports, scrape annotations,
-  the projected istio-ca token, the CNI hostPaths;
+  the projected istio-ca token, the CNI hostPaths, ztunnel's root from the ConfigMap istiod-lite
+  publishes (its ConfigMap access limited to that name);
 - the environment variables set on containers are ones the binaries read (constants grepped from
   ztunnel/src/config.rs and istiod-lite/src/config.rs);
 - the dashboard ConfigMaps hold exactly deploy/grafana/*.json;
@@ -155,6 +156,12 @@ def env_constants(path):
     text = open(os.path.join(ROOT, path)).read()
     names = set(re.findall(r'pub const [A-Z0-9_]+: &str = "([A-Z][A-Z0-9_]*)";', text))
     return names
+
+
+def rust_const(path, name):
+    """The value of string constant `name` in a Rust source file (None when absent)."""
+    m = re.search(r'pub const ' + name + r': &str = "([^"]*)";', open(os.path.join(ROOT, path)).read())
+    return m.group(1) if m else None
 
 
 def reads_rust_log(crate):
@@ -305,13 +312,21 @@ def check_common(objs, values, label, namespace):
                          for res in ("gateways/status", "httproutes/status", "grpcroutes/status")}
         status_writes |= {("security.istio.io", res, "patch")
                           for res in ("authorizationpolicies/status", "requestauthentications/status")}
-        allowed_writes = {("authentication.k8s.io", "tokenreviews", "create")} | status_writes
+        # The root certificate publisher creates and patches istio-ca-root-cert ConfigMaps.
+        configmap_writes = {("", "configmaps", "create"), ("", "configmaps", "patch")}
+        allowed_writes = {("authentication.k8s.io", "tokenreviews", "create")} | status_writes | configmap_writes
         for g, res in (("apps", "deployments"), ("", "services"), ("", "serviceaccounts")):
             allowed_writes |= {(g, res, v) for v in ("create", "update", "patch")}
         extra = writes - allowed_writes
         if extra:
             problems.append("unexpected write verbs " + ", ".join(f"{g}/{r}:{v}" for g, r, v in sorted(extra)))
         must = {("authentication.k8s.io", "tokenreviews", "create"), ("apps", "deployments", "create")} | status_writes
+        must |= configmap_writes
+        # Every ConfigMap verb but create (which cannot be) is limited to istio-ca-root-cert.
+        for r in cr[0]["rules"]:
+            if "configmaps" in r.get("resources", []) and set(r["verbs"]) != {"create"} \
+                    and r.get("resourceNames") != ["istio-ca-root-cert"]:
+                problems.append(f"configmaps {r['verbs']} not limited to resourceNames [istio-ca-root-cert]")
         missing = must - writes
         if missing:
             problems.append("missing " + ", ".join(f"{g}/{r}:{v}" for g, r, v in sorted(missing)))
@@ -321,7 +336,7 @@ def check_common(objs, values, label, namespace):
                      ("gateway.networking.k8s.io", "httproutes"), ("gateway.networking.k8s.io", "grpcroutes"),
                      ("security.istio.io", "authorizationpolicies"), ("security.istio.io", "peerauthentications"),
                      ("security.istio.io", "requestauthentications"), ("networking.istio.io", "destinationrules"),
-                     ("networking.istio.io", "virtualservices")]:
+                     ("networking.istio.io", "virtualservices"), ("", "configmaps")]:
             if need not in reads:
                 problems.append(f"cannot watch {need[0] or 'core'}/{need[1]}")
         check(not problems, f"[{label}] istiod-lite ClusterRole is least-privilege and covers what it reads", "; ".join(problems))
@@ -391,6 +406,15 @@ def check_common(objs, values, label, namespace):
     zenv = {e["name"]: e.get("value") for e in z.get("env", [])}
     check(zenv.get("TRUST_DOMAIN") == values["meshConfig"]["trustDomain"], f"[{label}] ztunnel TRUST_DOMAIN = meshConfig.trustDomain")
     check(zenv.get("INPOD_UDS", "").startswith("/var/run/ambient-rs/"), f"[{label}] ztunnel's enrollment socket is on the hostPath")
+    # ztunnel's root is the ConfigMap istiod-lite publishes (name and key from its source).
+    published = rust_const("istiod-lite/src/controller/waypoint.rs", "ROOT_CERT_CONFIGMAP")
+    key = rust_const("istiod-lite/src/controller/root_cert.rs", "ROOT_CERT_KEY")
+    root_vols = {n for n, v in vols.items() if v.get("configMap", {}).get("name") == published}
+    root_mounts = [m["mountPath"] for m in z.get("volumeMounts", []) if m["name"] in root_vols]
+    check(published == "istio-ca-root-cert" and len(root_mounts) == 1
+          and zenv.get("XDS_ROOT_CA") == f"{root_mounts[0]}/{key}",
+          f"[{label}] ztunnel's XDS_ROOT_CA is {key} of the ConfigMap istiod-lite publishes ({published})",
+          f"mounts {root_mounts}, XDS_ROOT_CA {zenv.get('XDS_ROOT_CA')}")
 
     # Environment variables are ones the binaries read.
     allowed = {

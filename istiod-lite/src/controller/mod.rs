@@ -1,8 +1,11 @@
 //! Kubernetes mode: the API-server config source, ServiceAccount-token authentication, leader
-//! election ([`leader`]), the waypoint controller ([`waypoint`]) and the route and policy
-//! status writer ([`status`]). Only the leader writes; every replica serves xDS and the CA.
+//! election ([`leader`]), the waypoint controller ([`waypoint`]), the route and policy
+//! status writer ([`status`]) and the root certificate publisher ([`root_cert`], the
+//! `istio-ca-root-cert` ConfigMap in every namespace). Only the leader writes; every replica
+//! serves xDS and the CA.
 
 pub mod leader;
+pub mod root_cert;
 pub mod status;
 pub mod waypoint;
 
@@ -33,8 +36,13 @@ pub struct KubeMode {
 }
 
 /// Connects to the API server (in-cluster config or KUBECONFIG), waits for the initial lists
-/// and starts leader election and, with a waypoint image configured, the waypoint controller.
-pub async fn start(cfg: &Config, shutdown: watch::Receiver<bool>) -> Result<KubeMode, kube::Error> {
+/// and starts leader election, the status writer, the publisher of `roots` (the CA's PEM
+/// bundle) and, with a waypoint image configured, the waypoint controller.
+pub async fn start(
+    cfg: &Config,
+    roots: watch::Receiver<String>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<KubeMode, kube::Error> {
     let client = kube::Client::try_default().await?;
     tracing::info!(
         namespace = %cfg.kube.namespace,
@@ -62,6 +70,13 @@ pub async fn start(cfg: &Config, shutdown: watch::Receiver<bool>) -> Result<Kube
         status_writer
             .run(source.status_inputs(), leader_rx.clone(), shutdown.clone())
             .instrument(tracing::info_span!("status-writer")),
+    ));
+    let publisher =
+        root_cert::RootCertController::new(client.clone(), root_cert::RootCertSettings::default());
+    tasks.push(tokio::spawn(
+        publisher
+            .run(roots, leader_rx.clone(), shutdown.clone())
+            .instrument(tracing::info_span!("root-cert-publisher")),
     ));
     let elector = leader::LeaderElector::new(
         client.clone(),
