@@ -3,8 +3,8 @@
 //! replica takes the Lease over once `renewTime + leaseDurationSeconds` has passed. Every write
 //! is a compare-and-swap on `resourceVersion` (a 409 Conflict means someone else won).
 //!
-//! Only the leader runs the waypoint controller and writes status; every replica serves xDS
-//! and the CA.
+//! Only the leader runs the controllers (waypoints, status, the root-certificate ConfigMaps)
+//! and writes; every replica serves xDS and the CA.
 
 use std::time::Duration;
 
@@ -176,9 +176,9 @@ impl LeaderElector {
             };
             if now_leader != was {
                 if now_leader {
-                    tracing::info!(identity = %self.s.identity, "became the leader: running the waypoint controller");
+                    tracing::info!(identity = %self.s.identity, "became the leader: running the controllers (waypoints, status, root-certificate ConfigMaps)");
                 } else {
-                    tracing::warn!(identity = %self.s.identity, "lost the leader lease: stopping the waypoint controller");
+                    tracing::warn!(identity = %self.s.identity, "lost the leader lease: stopping the controllers");
                 }
                 leader.send_replace(now_leader);
             }
