@@ -295,26 +295,26 @@ impl AccessLog {
                 let mut batch = Vec::with_capacity(64 * 1024);
                 let mut flushed = Vec::new();
                 let mut next = rx.recv().ok();
+                let mut behind = false;
                 while let Some(first) = next.take() {
                     batch.clear();
-                    let linger_until = std::time::Instant::now() + LOG_LINGER;
+                    // Sleep instead of waiting on the queue: a thread waiting on it would be
+                    // woken by every line, which is the cost this thread exists to avoid. No
+                    // sleep while catching up after a full batch.
+                    if !behind {
+                        std::thread::sleep(LOG_LINGER);
+                    }
                     let mut msg = Some(first);
-                    loop {
-                        match msg.take() {
-                            Some(LogMsg::Line(l)) => batch.extend_from_slice(&l),
-                            Some(LogMsg::Flush(done)) => flushed.push(done),
-                            None => {}
+                    while let Some(m) = msg.take() {
+                        match m {
+                            LogMsg::Line(l) => batch.extend_from_slice(&l),
+                            LogMsg::Flush(done) => flushed.push(done),
                         }
-                        if batch.len() >= LOG_BATCH || !flushed.is_empty() {
-                            break;
-                        }
-                        let left =
-                            linger_until.saturating_duration_since(std::time::Instant::now());
-                        match rx.recv_timeout(left) {
-                            Ok(m) => msg = Some(m),
-                            Err(_) => break,
+                        if batch.len() < LOG_BATCH {
+                            msg = rx.try_recv().ok();
                         }
                     }
+                    behind = batch.len() >= LOG_BATCH;
                     let mut out = std::io::stdout().lock();
                     // A closed stdout has nowhere to report to; the lines are dropped with it.
                     let _ = out.write_all(&batch).and_then(|()| out.flush());
