@@ -5,13 +5,16 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::config::Source;
+use crate::error::Error;
 use crate::output::Format;
 
 /// Operate an ambient-rs mesh: checks, agent configuration, golden metrics.
 ///
 /// Addresses come from flags, else from MESHCTL_ISTIOD (istiod-lite's monitoring address),
 /// MESHCTL_ZTUNNELS (space-separated ADMIN[,READINESS[,STATS]] entries) and MESHCTL_PROMETHEUS,
-/// else Istio's default ports on 127.0.0.1 (15014, 15000/15021/15020).
+/// else Istio's default ports on 127.0.0.1 (15014, 15000/15021/15020). With --local CLUSTER
+/// (or MESHCTL_LOCAL), the components of that `meshctl local` cluster instead.
 ///
 /// Exit codes: 0 ok, 1 a check failed, 2 usage error, 3 a component could not be reached or
 /// gave an unusable answer.
@@ -30,11 +33,17 @@ pub struct Cli {
 /// Commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Show what a ztunnel knows, from its admin /config_dump (istioctl's columns); with
-    /// --local, the ztunnels of a local cluster.
+    /// Show what a ztunnel knows, from its admin /config_dump (istioctl's columns).
+    ///
+    /// With --local, every node's ztunnel of that cluster, merged (workloads, services and
+    /// policies once, every agent's certificates and connections), or only one node's with
+    /// --node.
     #[command(name = "ztunnel-config")]
     ZtunnelConfig(ZtunnelConfigArgs),
     /// Pre- and post-install checks, one ✓/‼/✗ line each with a hint; exit 1 on any ✗.
+    ///
+    /// With --local, the post-install checks read that cluster's istiod-lite and every node's
+    /// ztunnel inside their namespaces; the host checks are this host's either way.
     Check(CheckArgs),
     /// Golden metrics per workload from the ztunnels' metrics (or Prometheus).
     ///
@@ -42,7 +51,8 @@ pub enum Command {
     /// opened, TCP_CONN the connections open now, MTLS the share of connections with
     /// connection_security_policy="mutual_tls". RPS and the LATENCY columns are L7 figures: they
     /// show "-" until a waypoint reports istio_requests_total (add its stats address to
-    /// --scrape). Without --prometheus, every stats address is scraped twice, --interval apart.
+    /// --scrape). Without --prometheus, every stats address is scraped twice, --interval apart;
+    /// with --local, those of every ztunnel and waypoint of that cluster.
     Stat(StatArgs),
     /// A local cluster of network namespaces: nodes, pods wired by real CNI plugins, istiod-lite
     /// and one ztunnel per node (root only; see docs/local-cluster.md).
@@ -247,16 +257,11 @@ pub struct ZtunnelConfigArgs {
     pub section: Section,
     /// ztunnel admin address (its ADMIN_ADDR); default: the first MESHCTL_ZTUNNELS entry, else
     /// 127.0.0.1:15000.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", conflicts_with = "local")]
     pub admin: Option<String>,
-    /// A `meshctl local` cluster: read the ztunnel of every node (merged: workloads, services
-    /// and policies once, every agent's certificates and connections), or only the node's
-    /// with --node [env: MESHCTL_LOCAL].
-    #[arg(long, value_name = "CLUSTER", conflicts_with = "admin")]
-    pub local: Option<String>,
-    /// State directory of that local cluster.
-    #[arg(long, value_name = "DIR")]
-    pub state_dir: Option<PathBuf>,
+    /// The local cluster, instead of --admin.
+    #[command(flatten)]
+    pub cluster: LocalClusterArgs,
     /// Only this namespace (workloads, services, policies).
     #[arg(long, short = 'n', value_name = "NAMESPACE")]
     pub namespace: Option<String>,
@@ -272,11 +277,18 @@ pub struct ZtunnelConfigArgs {
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     /// istiod-lite monitoring address (its MONITORING_ADDR) [env: MESHCTL_ISTIOD].
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", conflicts_with = "local")]
     pub istiod: Option<String>,
     /// A ztunnel to check, ADMIN[,READINESS[,STATS]]; repeatable [env: MESHCTL_ZTUNNELS].
-    #[arg(long = "ztunnel", value_name = "ADMIN,READINESS")]
+    #[arg(
+        long = "ztunnel",
+        value_name = "ADMIN,READINESS",
+        conflicts_with = "local"
+    )]
     pub ztunnels: Vec<String>,
+    /// The local cluster, instead of --istiod and --ztunnel.
+    #[command(flatten)]
+    pub cluster: LocalClusterArgs,
     /// Only the host checks (kernel, netfilter, capabilities, CNI plugins): before installing.
     #[arg(long, conflicts_with = "post")]
     pub pre: bool,
@@ -299,12 +311,25 @@ pub struct StatArgs {
     pub prometheus: Option<String>,
     /// Stats addresses to scrape, comma-separated; repeatable (default: the ztunnels' stats
     /// addresses).
-    #[arg(long, value_name = "ADDR,...", value_delimiter = ',')]
+    #[arg(
+        long,
+        value_name = "ADDR,...",
+        value_delimiter = ',',
+        conflicts_with = "local"
+    )]
     pub scrape: Vec<String>,
     /// A ztunnel, ADMIN[,READINESS[,STATS]]; repeatable [env: MESHCTL_ZTUNNELS]. Its admin
     /// dump fills MESHED and lists workloads without traffic.
-    #[arg(long = "ztunnel", value_name = "ADMIN,READINESS,STATS")]
+    #[arg(
+        long = "ztunnel",
+        value_name = "ADMIN,READINESS,STATS",
+        conflicts_with = "local"
+    )]
     pub ztunnels: Vec<String>,
+    /// The local cluster, instead of --ztunnel and --scrape (with --prometheus, its ztunnels
+    /// still fill MESHED).
+    #[command(flatten)]
+    pub cluster: LocalClusterArgs,
     /// Time between the two scrapes (the window rates are computed over).
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub interval: Duration,
@@ -314,6 +339,72 @@ pub struct StatArgs {
     /// Output format (wide adds CONN/S, BYTES_IN/S, BYTES_OUT/S).
     #[arg(long, short = 'o', value_enum, default_value = "table")]
     pub output: Format,
+}
+
+/// `--local CLUSTER [--state-dir DIR]`: a command aimed at the components of a `meshctl local`
+/// cluster rather than at addresses.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Args)]
+pub struct LocalClusterArgs {
+    /// A `meshctl local` cluster: read its components inside their network namespaces (root)
+    /// [env: MESHCTL_LOCAL].
+    #[arg(long, value_name = "CLUSTER")]
+    pub local: Option<String>,
+    /// State directory of that cluster, as given to `meshctl local` [default:
+    /// /run/ambient-rs/local/<CLUSTER>].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// The `meshctl local` cluster a command reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalCluster {
+    /// Its name.
+    pub name: String,
+    /// Its state directory.
+    pub dir: PathBuf,
+}
+
+impl LocalCluster {
+    /// How `meshctl local` commands name this cluster: `--name C`, plus `--state-dir D` when it
+    /// is not the default one (for hints the operator can paste).
+    pub fn flags(&self) -> String {
+        if self.dir == crate::cmd::local::state_dir(&self.name, None) {
+            format!("--name {}", self.name)
+        } else {
+            format!("--name {} --state-dir {}", self.name, self.dir.display())
+        }
+    }
+}
+
+impl LocalClusterArgs {
+    /// The cluster: `--local`, else `MESHCTL_LOCAL` unless the command line named components
+    /// (`addressed`: --admin, --ztunnel, ...), because a flag beats the environment; `None`
+    /// means the addresses. `--state-dir` that would be ignored is a usage error.
+    pub fn resolve(
+        &self,
+        addressed: bool,
+        env: &dyn Source,
+    ) -> Result<Option<LocalCluster>, Error> {
+        let from_env = || {
+            env.get(crate::cmd::waypoint::LOCAL_ENV)
+                .filter(|s| !s.trim().is_empty())
+        };
+        let name = self
+            .local
+            .clone()
+            .or_else(|| (!addressed).then(from_env).flatten());
+        match name {
+            Some(name) => Ok(Some(LocalCluster {
+                dir: crate::cmd::local::state_dir(&name, self.state_dir.as_deref()),
+                name,
+            })),
+            None if self.state_dir.is_some() => Err(Error::Usage(format!(
+                "--state-dir is the state directory of a local cluster: give --local CLUSTER (or {}) too",
+                crate::cmd::waypoint::LOCAL_ENV
+            ))),
+            None => Ok(None),
+        }
+    }
 }
 
 /// `meshctl local`.
@@ -512,6 +603,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
     #[test]
@@ -547,6 +640,109 @@ mod tests {
         assert_eq!(s.scrape, vec!["a:1", "b:2"]);
         assert!(Cli::try_parse_from(["meshctl", "check", "--pre", "--post"]).is_err());
         assert!(Cli::try_parse_from(["meshctl", "ztunnel-config", "nope"]).is_err());
+    }
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("meshctl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn local_conflicts_with_the_addresses_it_replaces() {
+        for refused in [
+            &["stat", "--local", "c", "--ztunnel", "127.0.0.1:1"][..],
+            &["stat", "--local", "c", "--scrape", "127.0.0.1:1"],
+            &["check", "--local", "c", "--istiod", "127.0.0.1:1"],
+            &["check", "--local", "c", "--ztunnel", "127.0.0.1:1"],
+            &[
+                "ztunnel-config",
+                "all",
+                "--local",
+                "c",
+                "--admin",
+                "127.0.0.1:1",
+            ],
+        ] {
+            let err = parse(refused).expect_err(&refused.join(" "));
+            assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+        }
+        // Prometheus answers the figures; the cluster's ztunnels still fill MESHED.
+        let c = parse(&[
+            "stat",
+            "demo",
+            "--local",
+            "c",
+            "--prometheus",
+            "http://p:9090",
+        ])
+        .unwrap();
+        let Command::Stat(s) = c.command else {
+            panic!()
+        };
+        assert_eq!(s.cluster.local.as_deref(), Some("c"));
+        let c = parse(&["check", "--pre", "--local", "c", "--state-dir", "/s"]).unwrap();
+        let Command::Check(k) = c.command else {
+            panic!()
+        };
+        assert_eq!(
+            k.cluster,
+            LocalClusterArgs {
+                local: Some("c".into()),
+                state_dir: Some("/s".into())
+            }
+        );
+    }
+
+    #[test]
+    fn local_cluster_from_flag_else_environment_unless_addressed() {
+        let env = |v: &str| -> HashMap<String, String> {
+            [("MESHCTL_LOCAL".to_string(), v.to_string())].into()
+        };
+        let none = HashMap::new();
+        let flag = |local: Option<&str>, dir: Option<&str>| LocalClusterArgs {
+            local: local.map(String::from),
+            state_dir: dir.map(PathBuf::from),
+        };
+        let cluster = |name: &str, dir: &str| {
+            Some(LocalCluster {
+                name: name.into(),
+                dir: dir.into(),
+            })
+        };
+        // The flag wins over the environment, even when addresses were given.
+        assert_eq!(
+            flag(Some("a"), None).resolve(true, &env("b")).unwrap(),
+            cluster("a", "/run/ambient-rs/local/a")
+        );
+        // The environment, with --state-dir.
+        assert_eq!(
+            flag(None, Some("/s")).resolve(false, &env("b")).unwrap(),
+            cluster("b", "/s")
+        );
+        // Addresses on the command line beat MESHCTL_LOCAL; empty means unset.
+        assert_eq!(flag(None, None).resolve(true, &env("b")).unwrap(), None);
+        assert_eq!(flag(None, None).resolve(false, &env(" ")).unwrap(), None);
+        assert_eq!(flag(None, None).resolve(false, &none).unwrap(), None);
+        // A state directory that nothing would use is a mistake worth saying.
+        for (args, src) in [
+            (flag(None, Some("/s")), &none),
+            (flag(None, Some("/s")), &env("")),
+        ] {
+            let err = args.resolve(false, src).unwrap_err();
+            assert_eq!(err.exit_code(), crate::error::EXIT_USAGE, "{err}");
+            assert!(err.to_string().contains("--local CLUSTER"), "{err}");
+        }
+        assert!(flag(None, Some("/s")).resolve(true, &env("b")).is_err());
+        // Hints name the cluster the way `meshctl local` needs it.
+        let c = flag(Some("a"), None)
+            .resolve(false, &none)
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.flags(), "--name a");
+        let c = flag(Some("a"), Some("/s"))
+            .resolve(false, &none)
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.flags(), "--name a --state-dir /s");
     }
 
     #[test]

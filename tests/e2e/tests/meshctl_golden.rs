@@ -3,11 +3,13 @@
 //! namespace `demo`, Service `server`, an AuthorizationPolicy, an HTTPRoute and a namespace
 //! waypoint, with real traffic from the pods.
 //!
-//! Covered: `ztunnel-config --local` (every section, table/json/yaml, all nodes merged, and one
-//! node), `describe pod|service`, `waypoint list|status`, `tap -o json`, `stat`
-//! (table/wide/json, with the waypoint's L7 figures) and `check` (healthy, then with
-//! istiod-lite killed: ✗ and exit 1). Outputs are normalised by `mesh_e2e::golden` and compared
-//! with `tests/e2e/golden/<name>`; `UPDATE_GOLDEN=1` rewrites them.
+//! Covered, every command aimed at the cluster with `--local` (one `check` through
+//! `MESHCTL_LOCAL` instead): `ztunnel-config` (every section, table/json/yaml, all nodes merged,
+//! and one node), `describe pod|service`, `waypoint list|status`, `tap -o json`, `stat`
+//! (table/wide/json: every ztunnel and the waypoint scraped, with the waypoint's L7 figures)
+//! and `check` (istiod-lite and every node's ztunnel: healthy, then with istiod-lite killed: ✗
+//! and exit 1). Outputs are normalised by `mesh_e2e::golden` and compared with
+//! `tests/e2e/golden/<name>`; `UPDATE_GOLDEN=1` rewrites them.
 //!
 //! Without root these tests skip with a printed reason; with CI=true they fail instead.
 
@@ -24,10 +26,6 @@ use mesh_e2e::local::{poll, prerequisites, repo_root, LocalCluster, CNI_DIR};
 use serde_json::Value;
 
 const VIP: &str = "10.96.0.10";
-/// istiod-lite's monitoring address inside the cluster (meshctl local's fixed address).
-const ISTIOD: &str = "10.243.0.1:15014";
-/// A node's ztunnel as seen from inside that node's namespace: ADMIN,READINESS,STATS.
-const NODE_ZTUNNEL: &str = "127.0.0.1:15000,127.0.0.1:15021,127.0.0.1:15020";
 
 const SERVICE: &str = "apiVersion: v1
 kind: Service
@@ -206,68 +204,28 @@ fn run(c: &LocalCluster) -> anyhow::Result<()> {
     let events = tap_events(c)?;
     g.output("tap.ndjson", Kind::Ndjson, 0, 0, &events);
 
-    // stat from node-1 (its ztunnel's dump fills MESHED), scraping both ztunnels and the
-    // waypoint, while the client sends requests through the waypoint.
-    let st = c.status()?;
-    let node2_ip = st["nodes"]
-        .as_array()
-        .and_then(|n| n.iter().find(|n| n["name"] == "node-2"))
-        .and_then(|n| n["node_ip"].as_str())
-        .context("node-2's IP in status")?
-        .to_string();
-    let wp_ip = st["pods"]
-        .as_object()
-        .and_then(|p| p.values().find(|p| p["name"] == "waypoint"))
-        .and_then(|p| p["ip"].as_str())
-        .context("the waypoint pod's IP in status")?
-        .to_string();
-    let scrape = format!("127.0.0.1:15020,{node2_ip}:15020,{wp_ip}:15020");
-    let node1 = c.node_netns("node-1");
+    // stat --local: every ztunnel and the waypoint scraped, every ztunnel's dump for MESHED,
+    // while the client sends requests through the waypoint.
     for (name, extra, kind) in [
         ("stat.txt", vec![], Kind::Text),
         ("stat_wide.txt", vec!["-o", "wide"], Kind::Text),
         ("stat.json", vec!["-o", "json"], Kind::Json),
     ] {
-        let mut args = vec![
-            "stat",
-            "demo",
-            "--interval",
-            "2s",
-            "--ztunnel",
-            NODE_ZTUNNEL,
-            "--scrape",
-            &scrape,
-        ];
+        let mut args = vec!["stat", "demo", "--interval", "2s"];
         args.extend(extra);
-        let out = with_traffic(c, || c.meshctl_in(&node1, &args))??;
-        g.output(
-            name,
-            kind,
-            out.status.code().unwrap_or(-1),
-            0,
-            &String::from_utf8_lossy(&out.stdout),
-        );
+        let (code, out) = with_traffic(c, || cli(c, &args))??;
+        g.output(name, kind, code, 0, &out);
     }
 
-    // check from node-1: healthy, then the control plane killed.
+    // check --local: istiod-lite and every node's ztunnel, healthy, then the control plane
+    // killed. The JSON runs name the cluster through MESHCTL_LOCAL instead of the flag.
     let check = |format: &str| -> anyhow::Result<(i32, String)> {
-        let out = c.meshctl_in(
-            &node1,
-            &[
-                "check",
-                "--post",
-                "-o",
-                format,
-                "--istiod",
-                ISTIOD,
-                "--ztunnel",
-                NODE_ZTUNNEL,
-            ],
-        )?;
-        Ok((
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        ))
+        let args = ["check", "--post", "-o", format];
+        if format == "json" {
+            check_from_env(c, &args)
+        } else {
+            cli(c, &args)
+        }
     };
     let (code, out) = check("table")?;
     g.output("check_healthy.txt", Kind::Text, code, 0, &out);
@@ -302,6 +260,32 @@ fn cli(c: &LocalCluster, args: &[&str]) -> anyhow::Result<(i32, String)> {
     if !out.status.success() {
         eprintln!(
             "$ meshctl {} -> {}\n{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    ))
+}
+
+/// `meshctl <args> --state-dir D` with `MESHCTL_LOCAL=N` in its environment rather than
+/// `--local N`: exit code and stdout.
+fn check_from_env(c: &LocalCluster, args: &[&str]) -> anyhow::Result<(i32, String)> {
+    let out = Command::new(mesh_e2e::bins::bin("meshctl")?)
+        .args(args)
+        .arg("--state-dir")
+        .arg(&c.dir)
+        .env("MESHCTL_LOCAL", &c.name)
+        .env("NO_COLOR", "1")
+        .env_remove("MESHCTL_ZTUNNELS")
+        .env_remove("MESHCTL_ISTIOD")
+        .output()?;
+    if !out.status.success() {
+        eprintln!(
+            "$ MESHCTL_LOCAL=.. meshctl {} -> {}\n{}",
             args.join(" "),
             out.status,
             String::from_utf8_lossy(&out.stderr)

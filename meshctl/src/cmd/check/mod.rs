@@ -9,8 +9,9 @@ use serde::Serialize;
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use super::{fetch, ztunnel_config::fetch_dump, Ctx, Target};
-use crate::cli::CheckArgs;
+use super::{ztunnel_config::fetch_dump, Ctx};
+use crate::cli::{CheckArgs, LocalCluster};
+use crate::cmd::local::waypoint::{self as local, Endpoint};
 use crate::config::{self, Ztunnel};
 use crate::dump::{cert_rows, format_time, ConfigDump};
 use crate::error::Error;
@@ -66,16 +67,108 @@ impl Line {
 
 /// Runs the command.
 pub fn run(args: &CheckArgs, ctx: &Ctx<'_>, out: &mut dyn Write) -> Result<(), Error> {
-    let istiod = config::istiod(args.istiod.as_deref(), ctx.env)?;
-    let ztunnels = config::ztunnels(&args.ztunnels, ctx.env)?;
+    let addressed = args.istiod.is_some() || !args.ztunnels.is_empty();
+    let cluster = args.cluster.resolve(addressed, ctx.env)?;
+    // Where the mesh is matters only to the mesh checks (a local cluster needs root to read).
+    let mesh = match cluster {
+        _ if args.pre => None,
+        Some(cluster) => Some(Mesh::local(&cluster)?),
+        None => Some(Mesh::addressed(
+            &config::istiod(args.istiod.as_deref(), ctx.env)?,
+            &config::ztunnels(&args.ztunnels, ctx.env)?,
+        )),
+    };
     let mut lines = Vec::new();
     if !args.post {
         lines.extend(host::checks(&host::RealHost));
     }
-    if !args.pre {
-        lines.extend(mesh_checks(&istiod, &ztunnels, ctx));
+    if let Some(mesh) = &mesh {
+        lines.extend(mesh_checks(mesh, ctx));
     }
     report(&lines, args.output, ctx.style, out)
+}
+
+/// The mesh to check: where istiod-lite and the agents answer, and what to tell the operator
+/// when one does not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mesh {
+    /// istiod-lite's monitoring port.
+    pub istiod: Endpoint,
+    /// Hint when istiod-lite does not answer.
+    pub istiod_hint: String,
+    /// The agents.
+    pub agents: Vec<Agent>,
+}
+
+/// One ztunnel to check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Agent {
+    /// Heading of its lines.
+    pub label: String,
+    /// Admin port (`/config_dump`).
+    pub admin: Endpoint,
+    /// Readiness port (`/healthz/ready`).
+    pub readiness: Endpoint,
+    /// Hint when it does not answer.
+    pub hint: String,
+}
+
+impl Mesh {
+    /// Components at addresses on this host's network (flags, environment, defaults).
+    pub fn addressed(istiod: &str, ztunnels: &[Ztunnel]) -> Mesh {
+        Mesh {
+            istiod: Endpoint::host(istiod),
+            istiod_hint: ISTIOD_HINT.into(),
+            agents: ztunnels
+                .iter()
+                .map(|z| Agent {
+                    label: format!("ztunnel {}", z.admin),
+                    admin: Endpoint::host(&z.admin),
+                    readiness: Endpoint::host(&z.readiness),
+                    hint: ZTUNNEL_HINT.into(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The istiod-lite and the node agents of a `meshctl local` cluster.
+    pub fn local(cluster: &LocalCluster) -> Result<Mesh, Error> {
+        Ok(Mesh::of_local(
+            cluster,
+            &local::components(&cluster.name, &cluster.dir)?,
+        ))
+    }
+
+    /// [`Mesh::local`] from the cluster's components.
+    pub fn of_local(cluster: &LocalCluster, c: &local::Components) -> Mesh {
+        let log = |l: &Option<std::path::PathBuf>| {
+            l.as_ref()
+                .map_or_else(|| "not started yet".into(), |p| p.display().to_string())
+        };
+        Mesh {
+            istiod: c.istiod.clone(),
+            istiod_hint: format!(
+                "`meshctl local status {}` shows whether istiod-lite runs; its log: {}",
+                cluster.flags(),
+                log(&c.istiod_log)
+            ),
+            agents: c
+                .ztunnels
+                .iter()
+                .map(|z| Agent {
+                    label: format!("ztunnel {} ({})", z.node, z.admin),
+                    admin: z.admin.clone(),
+                    readiness: z.readiness.clone(),
+                    hint: format!(
+                        "see its log: {}; `meshctl local restart-ztunnel {} {}` restarts it",
+                        log(&z.log),
+                        z.node,
+                        cluster.flags()
+                    ),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// Writes the lines (or JSON/YAML) and turns failures into [`Error::CheckFailed`].
@@ -145,34 +238,24 @@ const ZTUNNEL_HINT: &str = "is ztunnel running? Give ADMIN,READINESS with --ztun
                             MESHCTL_ZTUNNELS (ADMIN_ADDR and READINESS_ADDR of the agent)";
 
 /// Control plane and agent checks.
-pub fn mesh_checks(istiod: &str, ztunnels: &[Ztunnel], ctx: &Ctx<'_>) -> Vec<Line> {
-    let (mut lines, clients) = control_plane(istiod, ctx);
-    for z in ztunnels {
-        lines.extend(agent(z, istiod, clients.as_deref(), ctx));
+pub fn mesh_checks(mesh: &Mesh, ctx: &Ctx<'_>) -> Vec<Line> {
+    let (mut lines, clients) = control_plane(&mesh.istiod, &mesh.istiod_hint, ctx);
+    for a in &mesh.agents {
+        lines.extend(agent(a, &mesh.istiod, clients.as_deref(), ctx));
     }
     lines
 }
 
 /// /ready, clock skew and the connected clients; returns the node names connected (None when
 /// unknown).
-fn control_plane(addr: &str, ctx: &Ctx<'_>) -> (Vec<Line>, Option<Vec<String>>) {
-    let cat = format!("control plane (istiod-lite at {addr})");
-    let target = Target {
-        what: "istiod-lite",
-        addr,
-        hint: ISTIOD_HINT,
-    };
+fn control_plane(istiod: &Endpoint, hint: &str, ctx: &Ctx<'_>) -> (Vec<Line>, Option<Vec<String>>) {
+    let cat = format!("control plane (istiod-lite at {istiod})");
     let mut lines = Vec::new();
-    let ready = match fetch(target, "/ready", ctx.timeout) {
+    let ready = match istiod.get("/ready", ctx.timeout) {
         Ok(r) => r,
         Err(e) => {
-            let msg = match &e {
-                Error::Unreachable { source, .. } => {
-                    format!("cannot reach istiod-lite at {addr}: {source}")
-                }
-                other => other.to_string(),
-            };
-            lines.push(Line::new(&cat, Status::Fail, msg, Some(ISTIOD_HINT)));
+            let msg = format!("cannot reach istiod-lite at {istiod}: {e}");
+            lines.push(Line::new(&cat, Status::Fail, msg, Some(hint)));
             lines.push(Line::new(
                 &cat,
                 Status::Warn,
@@ -199,7 +282,8 @@ fn control_plane(addr: &str, ctx: &Ctx<'_>) -> (Vec<Line>, Option<Vec<String>>) 
         ));
     }
     lines.push(clock_skew(&cat, ready.header("date"), received));
-    let clients = match super::fetch_ok(target, "/debug/connections", ctx.timeout)
+    let clients = match istiod
+        .fetch_ok("istiod-lite", hint, "/debug/connections", ctx.timeout)
         .map(|r| serde_json::from_slice::<Value>(&r.body))
     {
         Ok(Ok(Value::Array(list))) => {
@@ -343,40 +427,35 @@ pub fn human(d: time::Duration) -> String {
 }
 
 /// Readiness, control-plane connection and certificates of one agent.
-fn agent(z: &Ztunnel, istiod: &str, clients: Option<&[String]>, ctx: &Ctx<'_>) -> Vec<Line> {
-    let cat = format!("ztunnel {}", z.admin);
+fn agent(a: &Agent, istiod: &Endpoint, clients: Option<&[String]>, ctx: &Ctx<'_>) -> Vec<Line> {
+    let cat = a.label.as_str();
     let mut lines = Vec::new();
-    let target = Target {
-        what: "ztunnel readiness",
-        addr: &z.readiness,
-        hint: ZTUNNEL_HINT,
-    };
-    let url = format!("{}/healthz/ready", z.readiness);
-    match fetch(target, "/healthz/ready", ctx.timeout) {
+    let url = format!("{}/healthz/ready", a.readiness.addr);
+    match a.readiness.get("/healthz/ready", ctx.timeout) {
         Ok(r) if r.status == 200 => {
-            lines.push(Line::new(&cat, Status::Ok, format!("agent is ready ({url})"), None))
+            lines.push(Line::new(cat, Status::Ok, format!("agent is ready ({url})"), None))
         }
         Ok(r) => lines.push(Line::new(
-            &cat,
+            cat,
             Status::Fail,
             format!("agent is not ready ({url}): {}", r.text().trim()),
             Some("readiness waits for xDS config, workload certificates and inbound listeners; the answer names what is pending; see the ztunnel log"),
         )),
         Err(e) => lines.push(Line::new(
-            &cat,
+            cat,
             Status::Fail,
-            first_line(&e.to_string()).to_string(),
-            Some(ZTUNNEL_HINT),
+            format!("cannot reach ztunnel readiness at {}: {e}", a.readiness),
+            Some(&a.hint),
         )),
     }
-    let dump = match fetch_dump(&z.admin, ctx) {
+    let dump = match fetch_dump(&a.admin, ctx) {
         Ok(d) => d,
         Err(e) => {
             lines.push(Line::new(
-                &cat,
+                cat,
                 Status::Fail,
                 format!("certificates not checked: {}", first_line(&e.to_string())),
-                Some(ZTUNNEL_HINT),
+                Some(&a.hint),
             ));
             return lines;
         }
@@ -384,21 +463,21 @@ fn agent(z: &Ztunnel, istiod: &str, clients: Option<&[String]>, ctx: &Ctx<'_>) -
     if let (Some(node), Some(clients)) = (dump.node_name(), clients) {
         if clients.iter().any(|c| c == node) {
             lines.push(Line::new(
-                &cat,
+                cat,
                 Status::Ok,
                 format!("connected to istiod-lite as node {node}"),
                 None,
             ));
         } else {
             lines.push(Line::new(
-                &cat,
+                cat,
                 Status::Fail,
                 format!("node {node} is not connected to istiod-lite at {istiod}"),
                 Some("check this agent's XDS_ADDRESS and AUTH_TOKEN (a token is per node), and its log"),
             ));
         }
     }
-    lines.extend(certificates(&cat, &dump, ctx.now));
+    lines.extend(certificates(cat, &dump, ctx.now));
     lines
 }
 

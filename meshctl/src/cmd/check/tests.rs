@@ -182,3 +182,139 @@ fn xds_clients_are_named_by_node_else_by_proxy_id() {
     assert_eq!(c(serde_json::json!({"node_id": "odd"})), Some("odd".into()));
     assert_eq!(c(serde_json::json!({"node_name": ""})), None);
 }
+
+/// A local address nothing listens on.
+fn closed_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+fn components(istiod: Endpoint, agent: impl Fn(&str) -> Endpoint) -> local::Components {
+    local::Components {
+        istiod,
+        istiod_log: Some("/s/logs/istiod-lite.log".into()),
+        ztunnels: ["node-1", "node-2"]
+            .into_iter()
+            .map(|node| local::NodeAgent {
+                node: node.into(),
+                admin: agent(node),
+                readiness: agent(node),
+                stats: agent(node),
+                log: Some(format!("/s/logs/ztunnel-{node}.log").into()),
+            })
+            .collect(),
+        waypoints: Vec::new(),
+    }
+}
+
+#[test]
+fn local_mesh_checks_every_node_with_hints_naming_the_cluster_and_logs() {
+    let cluster = LocalCluster {
+        name: "c".into(),
+        dir: "/s".into(),
+    };
+    let mesh = Mesh::of_local(
+        &cluster,
+        &components(Endpoint::in_netns("ambrs-c", "10.243.0.1:15014"), |node| {
+            Endpoint::in_netns(&format!("ambrs-c.{node}"), "127.0.0.1:15000")
+        }),
+    );
+    assert_eq!(mesh.istiod.to_string(), "10.243.0.1:15014 in netns ambrs-c");
+    assert!(
+        mesh.istiod_hint
+            .contains("`meshctl local status --name c --state-dir /s`")
+            && mesh.istiod_hint.contains("/s/logs/istiod-lite.log"),
+        "{}",
+        mesh.istiod_hint
+    );
+    let labels: Vec<&str> = mesh.agents.iter().map(|a| a.label.as_str()).collect();
+    assert_eq!(
+        labels,
+        [
+            "ztunnel node-1 (127.0.0.1:15000 in netns ambrs-c.node-1)",
+            "ztunnel node-2 (127.0.0.1:15000 in netns ambrs-c.node-2)"
+        ]
+    );
+    assert!(mesh.agents[1].hint.contains("/s/logs/ztunnel-node-2.log"));
+    assert!(mesh.agents[1]
+        .hint
+        .contains("`meshctl local restart-ztunnel node-2 --name c --state-dir /s`"));
+
+    // Nothing answers: every line says where it looked, with the local hints.
+    let down = Endpoint::host(closed_addr());
+    let mesh = Mesh::of_local(&cluster, &components(down.clone(), |_| down.clone()));
+    let env = HashMap::new();
+    let lines = mesh_checks(&mesh, &ctx(&env));
+    let cp = &lines[0];
+    assert_eq!(cp.status, Status::Fail);
+    assert!(
+        cp.message.starts_with(&format!(
+            "cannot reach istiod-lite at {down}: connection failed"
+        )),
+        "{cp:?}"
+    );
+    assert_eq!(cp.hint.as_deref(), Some(mesh.istiod_hint.as_str()));
+    for (node, agent) in ["node-1", "node-2"].iter().zip(&mesh.agents) {
+        let mine: Vec<&Line> = lines.iter().filter(|l| l.category == agent.label).collect();
+        assert_eq!(
+            mine.len(),
+            2,
+            "readiness and certificates of {node}: {lines:#?}"
+        );
+        assert!(mine
+            .iter()
+            .all(|l| l.status == Status::Fail && l.hint.as_deref() == Some(agent.hint.as_str())));
+        assert!(
+            mine[0]
+                .message
+                .starts_with(&format!("cannot reach ztunnel readiness at {down}")),
+            "{mine:?}"
+        );
+    }
+}
+
+fn ctx(env: &HashMap<String, String>) -> Ctx<'_> {
+    Ctx {
+        env,
+        timeout: std::time::Duration::from_secs(1),
+        style: Style::default(),
+        now: fixture_now(),
+        progress: false,
+    }
+}
+
+fn run_with(env: &[(&str, &str)], args: &[&str]) -> Result<String, Error> {
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+    let env: HashMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let mut argv = vec!["meshctl", "check"];
+    argv.extend(args);
+    let Command::Check(a) = Cli::try_parse_from(argv).unwrap().command else {
+        panic!("not check")
+    };
+    let mut out = Vec::new();
+    run(&a, &ctx(&env), &mut out).map(|()| String::from_utf8_lossy(&out).into_owned())
+}
+
+#[test]
+fn meshctl_local_is_the_mesh_unless_addresses_are_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let state_dir = dir.path().to_str().unwrap();
+    let env = [("MESHCTL_LOCAL", "envc")];
+    let err = run_with(&env, &["--post", "--state-dir", state_dir]).unwrap_err();
+    assert!(
+        err.to_string().contains("cluster \"envc\" does not exist"),
+        "{err}"
+    );
+    assert_eq!(err.exit_code(), crate::error::EXIT_USAGE);
+    // Given addresses, the environment's cluster is not consulted: the addresses are checked.
+    let down = closed_addr();
+    let err = run_with(&env, &["--post", "--istiod", &down, "--ztunnel", &down]).unwrap_err();
+    assert!(matches!(err, Error::CheckFailed(_)), "{err}");
+    // The host checks alone never look the cluster up.
+    let r = run_with(&env, &["--pre", "--state-dir", state_dir]);
+    assert!(matches!(r, Ok(_) | Err(Error::CheckFailed(_))), "{r:?}");
+}

@@ -1,20 +1,197 @@
-//! Waypoints in a local cluster: `meshctl waypoint apply|delete --local` start and stop the
-//! waypoint as a pod of the cluster (its own netns, wired by the CNI chain like every pod),
-//! the way a waypoint controller runs a Deployment for each Gateway.
+//! Waypoints in a local cluster, and reading the cluster's components.
+//!
+//! `meshctl waypoint apply|delete --local` start and stop the waypoint as a pod of the cluster
+//! (its own netns, wired by the CNI chain like every pod), the way a waypoint controller runs a
+//! Deployment for each Gateway. The commands that read a local cluster (`describe`, `tap`,
+//! `check`, `stat`, `ztunnel-config` with `--local`) find istiod-lite, the ztunnels and the
+//! waypoints here: every one of them listens inside its own network namespace.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use super::cluster::{ISTIOD_IP, MONITORING_PORT, XDS_PORT};
+use nix::sched::CloneFlags;
+
+use super::cluster::{ISTIOD_IP, MONITORING_PORT, XDS_PORT, ZTUNNEL_READINESS};
 use super::error::LocalError;
-use super::state::{pod_key, ClusterState};
+use super::state::{pod_key, ClusterState, NodeState};
 use crate::cli::{LocalNamespaceArgs, PodAddArgs, PodRefArgs};
+use crate::error::Error;
+use crate::http::{HttpError, Response};
 
 /// Label Istio puts on waypoint pods.
 pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
+/// Admin address (`/config_dump`, `/debug/tap`) of a ztunnel or waypoint inside its own
+/// namespace: Istio's port, which the local cluster gives every one of them.
+pub const ADMIN_IN_NETNS: &str = "127.0.0.1:15000";
+/// Stats address (`/metrics`) of a ztunnel or waypoint inside its own namespace (both bind
+/// every address of it on Istio's 15020).
+pub const STATS_IN_NETNS: &str = "127.0.0.1:15020";
+
+/// Where a component answers HTTP: an address on this host's network, or one inside a
+/// network namespace of a local cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `host:port`.
+    pub addr: String,
+    /// The namespace the address is reached from; `None`: this host's own network.
+    pub netns: Option<String>,
+}
+
+impl Endpoint {
+    /// `addr` on this host's network.
+    pub fn host(addr: impl Into<String>) -> Endpoint {
+        Endpoint {
+            addr: addr.into(),
+            netns: None,
+        }
+    }
+
+    /// `addr` inside namespace `netns`.
+    pub fn in_netns(netns: &str, addr: &str) -> Endpoint {
+        Endpoint {
+            addr: addr.to_string(),
+            netns: Some(netns.to_string()),
+        }
+    }
+
+    /// GETs `path`. Inside a namespace the request runs on a short-lived thread that joined it
+    /// (setns(CLONE_NEWNET) affects only the calling thread). Not entering the namespace is a
+    /// failed connection, and HTTP errors keep their kind (`netns::http_get_in` flattens them
+    /// to text), so callers report both places alike.
+    pub fn get(&self, path: &str, timeout: Duration) -> Result<Response, HttpError> {
+        let Some(ns) = &self.netns else {
+            return crate::http::get(&self.addr, path, timeout);
+        };
+        let entering = |e: std::io::Error| {
+            HttpError::Connect(std::io::Error::new(
+                e.kind(),
+                format!("entering network namespace {ns}: {e}"),
+            ))
+        };
+        let file = std::fs::File::open(super::netns::path(ns)).map_err(entering)?;
+        let (addr, path) = (self.addr.clone(), path.to_string());
+        let joined = std::thread::spawn(
+            move || -> Result<Result<Response, HttpError>, std::io::Error> {
+                nix::sched::setns(&file, CloneFlags::CLONE_NEWNET)?;
+                Ok(crate::http::get(&addr, &path, timeout))
+            },
+        )
+        .join();
+        match joined {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) => Err(entering(e)),
+            Err(_) => Err(HttpError::Io(std::io::Error::other(
+                "the request thread panicked",
+            ))),
+        }
+    }
+
+    /// GETs `path` and requires a 2xx answer: [`Error::Unreachable`] or [`Error::BadResponse`]
+    /// otherwise, naming `what` and this endpoint, with `hint`.
+    pub fn fetch_ok(
+        &self,
+        what: &str,
+        hint: &str,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<Response, Error> {
+        let r = self
+            .get(path, timeout)
+            .map_err(|source| Error::Unreachable {
+                what: what.to_string(),
+                addr: self.to_string(),
+                source,
+                hint: hint.to_string(),
+            })?;
+        if !(200..300).contains(&r.status) {
+            return Err(Error::BadResponse {
+                what: what.to_string(),
+                addr: self.to_string(),
+                path: path.to_string(),
+                why: r.summary(),
+                hint: hint.to_string(),
+            });
+        }
+        Ok(r)
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.netns {
+            None => f.write_str(&self.addr),
+            Some(ns) => write!(f, "{} in netns {ns}", self.addr),
+        }
+    }
+}
+
+/// One node's ztunnel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeAgent {
+    /// The node, e.g. `node-1`.
+    pub node: String,
+    /// Admin port (`/config_dump`).
+    pub admin: Endpoint,
+    /// Readiness port (`/healthz/ready`).
+    pub readiness: Endpoint,
+    /// Stats port (`/metrics`).
+    pub stats: Endpoint,
+    /// Its log file, once it was started.
+    pub log: Option<PathBuf>,
+}
+
+/// What `check --local` and `stat --local` read in a cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Components {
+    /// istiod-lite's monitoring port (`/ready`, `/debug/...`).
+    pub istiod: Endpoint,
+    /// istiod-lite's log file, once it was started.
+    pub istiod_log: Option<PathBuf>,
+    /// Every node's ztunnel, in node order (none with `up --no-mesh`).
+    pub ztunnels: Vec<NodeAgent>,
+    /// Every waypoint pod (`namespace/name`) with its stats port.
+    pub waypoints: Vec<(String, Endpoint)>,
+}
+
+impl NodeAgent {
+    fn of(n: &NodeState) -> NodeAgent {
+        NodeAgent {
+            node: n.name.clone(),
+            admin: Endpoint::in_netns(&n.netns, ADMIN_IN_NETNS),
+            readiness: Endpoint::in_netns(&n.netns, ZTUNNEL_READINESS),
+            stats: Endpoint::in_netns(&n.netns, STATS_IN_NETNS),
+            log: n.ztunnel.as_ref().map(|p| p.log.clone()),
+        }
+    }
+}
+
+impl Components {
+    fn of(st: &ClusterState) -> Components {
+        Components {
+            istiod: istiod_endpoint(st),
+            istiod_log: st.istiod.as_ref().map(|p| p.log.clone()),
+            ztunnels: if st.mesh {
+                st.nodes.iter().map(NodeAgent::of).collect()
+            } else {
+                Vec::new()
+            },
+            waypoints: st
+                .pods
+                .values()
+                .filter(|p| p.labels.contains_key(GATEWAY_NAME_LABEL))
+                .map(|p| (p.key(), Endpoint::in_netns(&p.netns, STATS_IN_NETNS)))
+                .collect(),
+        }
+    }
+}
+
+fn istiod_endpoint(st: &ClusterState) -> Endpoint {
+    Endpoint::in_netns(&st.netns, &format!("{ISTIOD_IP}:{MONITORING_PORT}"))
+}
 
 /// The cluster's config directory (where the Gateway object goes).
 pub fn config_dir(cluster: &str, dir: &Path) -> Result<PathBuf, LocalError> {
@@ -28,21 +205,67 @@ fn load(cluster: &str, dir: &Path) -> Result<ClusterState, LocalError> {
     })
 }
 
+/// The cluster's state, for reading its components: a valid name and an existing cluster.
+fn load_valid(cluster: &str, dir: &Path) -> Result<ClusterState, LocalError> {
+    super::validate_cluster_name(cluster)?;
+    load(cluster, dir)
+}
+
+/// Joining the cluster's namespaces takes CAP_SYS_ADMIN: said up front rather than as an
+/// EPERM from every component.
+fn need_root(cluster: &str) -> Result<(), LocalError> {
+    if super::is_root() {
+        return Ok(());
+    }
+    Err(LocalError::Invalid(format!(
+        "reading the components of cluster {cluster} needs root: they listen inside its network namespaces"
+    )))
+}
+
+fn need_mesh(st: &ClusterState) -> Result<(), LocalError> {
+    if st.mesh {
+        return Ok(());
+    }
+    Err(LocalError::Invalid(format!(
+        "cluster {} runs without the mesh (`up --no-mesh`): it has no ztunnels",
+        st.name
+    )))
+}
+
+/// Where every component of the cluster answers (root: they are read inside its namespaces).
+pub fn components(cluster: &str, dir: &Path) -> Result<Components, LocalError> {
+    let st = load_valid(cluster, dir)?;
+    need_root(cluster)?;
+    Ok(Components::of(&st))
+}
+
 /// GET from istiod-lite's monitoring port inside the cluster namespace.
 pub fn istiod_get(
     cluster: &str,
     dir: &Path,
     path: &str,
     timeout: Duration,
-) -> Result<crate::http::Response, LocalError> {
+) -> Result<Response, LocalError> {
     let st = load(cluster, dir)?;
-    super::netns::http_get_in(
-        &st.netns,
-        &format!("{ISTIOD_IP}:{MONITORING_PORT}"),
-        path,
-        timeout,
-    )
-    .map_err(|e| LocalError::Invalid(format!("istiod-lite in cluster {cluster}: {e}")))
+    istiod_endpoint(&st)
+        .get(path, timeout)
+        .map_err(|e| LocalError::Invalid(format!("istiod-lite in cluster {cluster}: {e}")))
+}
+
+/// An agent that does not answer is [`Error::Unreachable`] (exit 3), as on the host.
+fn config_dump(agent: &NodeAgent, timeout: Duration) -> Result<Response, Error> {
+    agent
+        .admin
+        .get("/config_dump", timeout)
+        .map_err(|source| Error::Unreachable {
+            what: format!("the ztunnel on {}", agent.node),
+            addr: agent.admin.to_string(),
+            source,
+            hint: match &agent.log {
+                Some(log) => format!("see its log: {}", log.display()),
+                None => "it was never started: see `meshctl local status`".into(),
+            },
+        })
 }
 
 /// Every node's ztunnel `/config_dump` (node name, response), read inside each node netns.
@@ -50,16 +273,29 @@ pub fn ztunnel_dumps(
     cluster: &str,
     dir: &Path,
     timeout: Duration,
-) -> Result<Vec<(String, crate::http::Response)>, LocalError> {
-    let st = load(cluster, dir)?;
+) -> Result<Vec<(String, Response)>, Error> {
+    let st = load_valid(cluster, dir)?;
+    need_mesh(&st)?;
+    need_root(cluster)?;
     st.nodes
         .iter()
-        .map(|n| {
-            super::netns::http_get_in(&n.netns, "127.0.0.1:15000", "/config_dump", timeout)
-                .map(|r| (n.name.clone(), r))
-                .map_err(|e| LocalError::Invalid(format!("ztunnel on {}: {e}", n.name)))
-        })
+        .map(|n| config_dump(&NodeAgent::of(n), timeout).map(|r| (n.name.clone(), r)))
         .collect()
+}
+
+/// Node `node`'s ztunnel `/config_dump`, read inside its node netns. The node is looked up
+/// before anything needs root, so a wrong name is a usage error whoever runs the command.
+pub fn ztunnel_dump(
+    cluster: &str,
+    dir: &Path,
+    node: &str,
+    timeout: Duration,
+) -> Result<Response, Error> {
+    let st = load_valid(cluster, dir)?;
+    need_mesh(&st)?;
+    let n = st.node(node)?;
+    need_root(cluster)?;
+    config_dump(&NodeAgent::of(n), timeout)
 }
 
 /// What `meshctl tap --local` reads: each node's ztunnel and each waypoint pod, as (label,
@@ -75,7 +311,12 @@ pub fn tap_sources(cluster: &str, dir: &Path) -> Result<Vec<(String, PathBuf)>, 
         st.pods
             .values()
             .filter(|p| p.labels.contains_key(GATEWAY_NAME_LABEL))
-            .map(|p| (format!("waypoint {}/{}", p.namespace, p.name), super::netns::path(&p.netns))),
+            .map(|p| {
+                (
+                    format!("waypoint {}/{}", p.namespace, p.name),
+                    super::netns::path(&p.netns),
+                )
+            }),
     );
     Ok(v)
 }
@@ -181,4 +422,132 @@ pub fn label_namespace(
         },
         out,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(mesh: bool) -> ClusterState {
+        let nodes: Vec<serde_json::Value> = [1, 2]
+            .map(|i| {
+                serde_json::json!({
+                    "name": format!("node-{i}"), "index": i, "netns": format!("ambrs-c.node-{i}"),
+                    "pod_cidr": format!("10.244.{i}.0/24"), "node_ip": format!("10.243.{i}.2"),
+                    "cni_socket": "/s/sock", "ztunnel": null})
+            })
+            .into();
+        serde_json::from_value(serde_json::json!({
+            "name": "c", "dir": "/s", "bin_dir": "/b", "cni_dir": "/n", "mesh": mesh,
+            "netns": "ambrs-c", "istiod_ip": "10.243.0.1",
+            "istiod": {"pid": 1, "start_time": 1, "log": "/s/logs/istiod-lite.log", "command": []},
+            "nodes": nodes,
+            "pods": {
+                "demo/waypoint": {"namespace": "demo", "name": "waypoint", "uid": "u1",
+                    "node": "node-1", "netns": "ambrs-c.demo.waypoint", "service_account": "waypoint",
+                    "labels": {GATEWAY_NAME_LABEL: "waypoint"}, "ip": null, "app": null},
+                "demo/client": {"namespace": "demo", "name": "client", "uid": "u2",
+                    "node": "node-1", "netns": "ambrs-c.demo.client", "service_account": "client",
+                    "labels": {}, "ip": null, "app": null}
+            },
+            "namespaces": {}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn components_are_every_node_agent_and_waypoint_pod_in_their_namespaces() {
+        let c = Components::of(&state(true));
+        assert_eq!(c.istiod, Endpoint::in_netns("ambrs-c", "10.243.0.1:15014"));
+        assert_eq!(c.istiod_log, Some("/s/logs/istiod-lite.log".into()));
+        let nodes: Vec<(&str, String, String)> = c
+            .ztunnels
+            .iter()
+            .map(|z| (z.node.as_str(), z.admin.to_string(), z.stats.to_string()))
+            .collect();
+        assert_eq!(
+            nodes,
+            [
+                (
+                    "node-1",
+                    "127.0.0.1:15000 in netns ambrs-c.node-1".to_string(),
+                    "127.0.0.1:15020 in netns ambrs-c.node-1".to_string()
+                ),
+                (
+                    "node-2",
+                    "127.0.0.1:15000 in netns ambrs-c.node-2".to_string(),
+                    "127.0.0.1:15020 in netns ambrs-c.node-2".to_string()
+                )
+            ]
+        );
+        assert_eq!(c.ztunnels[0].readiness.addr, ZTUNNEL_READINESS);
+        assert_eq!(c.ztunnels[0].log, None, "never started");
+        assert_eq!(
+            c.waypoints,
+            [(
+                "demo/waypoint".to_string(),
+                Endpoint::in_netns("ambrs-c.demo.waypoint", STATS_IN_NETNS)
+            )]
+        );
+        assert!(Components::of(&state(false)).ztunnels.is_empty());
+    }
+
+    #[test]
+    fn a_namespace_that_cannot_be_entered_is_a_failed_connection() {
+        let e = Endpoint::in_netns("ambrs-no-such-cluster-here", "127.0.0.1:15000");
+        let err = e.get("/", Duration::from_secs(1)).unwrap_err();
+        assert!(matches!(err, HttpError::Connect(_)), "{err}");
+        assert!(
+            err.to_string()
+                .contains("entering network namespace ambrs-no-such-cluster-here"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_agent_that_does_not_answer_is_unreachable_naming_its_node_and_log() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        let agent = NodeAgent {
+            node: "node-2".into(),
+            admin: Endpoint::host(&addr),
+            readiness: Endpoint::host(&addr),
+            stats: Endpoint::host(&addr),
+            log: Some("/s/logs/ztunnel-node-2.log".into()),
+        };
+        let err = config_dump(&agent, Duration::from_secs(1)).unwrap_err();
+        assert_eq!(err.exit_code(), crate::error::EXIT_UNREACHABLE, "{err}");
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!("cannot reach the ztunnel on node-2 at {addr}"))
+                && text.contains("see its log: /s/logs/ztunnel-node-2.log"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn unknown_nodes_and_meshless_clusters_are_usage_errors_before_any_netns_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |mesh: bool| {
+            let mut st = state(mesh);
+            st.dir = dir.path().to_path_buf();
+            st.save().unwrap();
+        };
+        write(true);
+        let err = ztunnel_dump("c", dir.path(), "node-9", Duration::from_secs(1)).unwrap_err();
+        assert!(
+            matches!(err, Error::Local(LocalError::NoNode { .. })),
+            "{err}"
+        );
+        write(false);
+        for err in [
+            ztunnel_dump("c", dir.path(), "node-1", Duration::from_secs(1)).unwrap_err(),
+            ztunnel_dumps("c", dir.path(), Duration::from_secs(1)).unwrap_err(),
+        ] {
+            assert!(err.to_string().contains("runs without the mesh"), "{err}");
+        }
+        let err = components("bad.name", dir.path()).unwrap_err();
+        assert!(err.to_string().contains("cluster name"), "{err}");
+    }
 }

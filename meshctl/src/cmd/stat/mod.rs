@@ -11,8 +11,9 @@ use serde::Serialize;
 
 use self::figures::{observe, rows, ByReporter, Kind, Row, Selector};
 use super::{bad_response, fetch_ok, ztunnel_config::fetch_dump, Ctx, Target};
-use crate::cli::StatArgs;
-use crate::config::{self, PrometheusUrl};
+use crate::cli::{LocalCluster, StatArgs};
+use crate::cmd::local::waypoint::{self as local, Endpoint};
+use crate::config::{self, PrometheusUrl, Source};
 use crate::dump::Workload;
 use crate::error::Error;
 use crate::http::encode_query;
@@ -35,10 +36,76 @@ pub struct StatReport {
     pub rows: Vec<Row>,
 }
 
+/// What `stat` reads besides Prometheus: the stats endpoints to scrape, and the agents whose
+/// dumps fill MESHED and list workloads without traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sources {
+    /// `/metrics` endpoints.
+    pub scrape: Vec<Endpoint>,
+    /// ztunnel admin endpoints (`/config_dump`).
+    pub admins: Vec<Endpoint>,
+    /// What to check when no stats endpoint answers.
+    pub hint: String,
+}
+
+impl Sources {
+    /// Addresses on this host: `--scrape`, else the ztunnels' stats addresses; the ztunnels'
+    /// admin addresses (flags, environment, defaults).
+    pub fn addressed(args: &StatArgs, env: &dyn Source) -> Result<Sources, Error> {
+        let ztunnels = config::ztunnels(&args.ztunnels, env)?;
+        let scrape: Vec<String> = if args.scrape.is_empty() {
+            ztunnels.iter().map(|z| z.stats.clone()).collect()
+        } else {
+            args.scrape
+                .iter()
+                .map(|a| config::normalize_addr(a, "--scrape address"))
+                .collect::<Result<_, _>>()?
+        };
+        Ok(Sources {
+            scrape: scrape.into_iter().map(Endpoint::host).collect(),
+            admins: ztunnels.iter().map(|z| Endpoint::host(&z.admin)).collect(),
+            hint: SCRAPE_HINT.into(),
+        })
+    }
+
+    /// Every ztunnel and waypoint of a `meshctl local` cluster, inside their namespaces.
+    pub fn local(cluster: &LocalCluster) -> Result<Sources, Error> {
+        let c = local::components(&cluster.name, &cluster.dir)?;
+        if c.ztunnels.is_empty() {
+            return Err(Error::Usage(format!(
+                "cluster {} runs without the mesh (`up --no-mesh`): no ztunnel or waypoint reports metrics",
+                cluster.name
+            )));
+        }
+        Ok(Sources::of_local(cluster, &c))
+    }
+
+    /// [`Sources::local`] from the cluster's components.
+    pub fn of_local(cluster: &LocalCluster, c: &local::Components) -> Sources {
+        Sources {
+            scrape: c
+                .ztunnels
+                .iter()
+                .map(|z| z.stats.clone())
+                .chain(c.waypoints.iter().map(|(_, stats)| stats.clone()))
+                .collect(),
+            admins: c.ztunnels.iter().map(|z| z.admin.clone()).collect(),
+            hint: format!(
+                "`meshctl local status {}` shows which of its processes run",
+                cluster.flags()
+            ),
+        }
+    }
+}
+
 /// Runs the command.
 pub fn run(args: &StatArgs, ctx: &Ctx<'_>, out: &mut dyn Write) -> Result<(), Error> {
     let sel = Selector::parse(args.target.as_deref()).map_err(Error::Usage)?;
-    let ztunnels = config::ztunnels(&args.ztunnels, ctx.env)?;
+    let addressed = !args.ztunnels.is_empty() || !args.scrape.is_empty();
+    let sources = match args.cluster.resolve(addressed, ctx.env)? {
+        Some(cluster) => Sources::local(&cluster)?,
+        None => Sources::addressed(args, ctx.env)?,
+    };
     let prometheus = config::prometheus(args.prometheus.as_deref(), ctx.env)?;
     let (acc, seconds, source) = match &prometheus {
         Some(p) if args.scrape.is_empty() => (
@@ -47,23 +114,15 @@ pub fn run(args: &StatArgs, ctx: &Ctx<'_>, out: &mut dyn Write) -> Result<(), Er
             "prometheus",
         ),
         _ => {
-            let targets: Vec<String> = if args.scrape.is_empty() {
-                ztunnels.iter().map(|z| z.stats.clone()).collect()
-            } else {
-                args.scrape
-                    .iter()
-                    .map(|a| config::normalize_addr(a, "--scrape address"))
-                    .collect::<Result<_, _>>()?
-            };
-            let (acc, secs) = scrape_twice(&targets, args.interval, ctx)?;
+            let (acc, secs) = scrape_twice(&sources, args.interval, ctx)?;
             (acc, secs, "scrape")
         }
     };
     // The agents' dumps fill MESHED and list idle workloads; without them those stay unknown.
     let mut workloads: Vec<Workload> = Vec::new();
     let mut have_dump = false;
-    for z in &ztunnels {
-        if let Ok(d) = fetch_dump(&z.admin, ctx) {
+    for admin in &sources.admins {
+        if let Ok(d) = fetch_dump(admin, ctx) {
             have_dump = true;
             for w in d.workloads {
                 if !workloads.iter().any(|x| x.uid == w.uid) {
@@ -176,16 +235,11 @@ fn bytes(v: f64) -> String {
 
 /// One scrape of every target; targets that fail are reported on stderr and skipped, and
 /// if all fail the first failure is the error.
-fn scrape_all(targets: &[String], ctx: &Ctx<'_>) -> Result<Vec<Option<Vec<Sample>>>, Error> {
+fn scrape_all(sources: &Sources, ctx: &Ctx<'_>) -> Result<Vec<Option<Vec<Sample>>>, Error> {
     let mut first_err = None;
     let mut got = Vec::new();
-    for t in targets {
-        let target = Target {
-            what: "metrics endpoint",
-            addr: t,
-            hint: SCRAPE_HINT,
-        };
-        match fetch_ok(target, "/metrics", ctx.timeout) {
+    for t in &sources.scrape {
+        match t.fetch_ok("metrics endpoint", &sources.hint, "/metrics", ctx.timeout) {
             Ok(r) => got.push(Some(prom::parse_text(&r.text()))),
             Err(e) => {
                 eprintln!(
@@ -246,22 +300,22 @@ pub fn fold_scrapes(before: &[Option<Vec<Sample>>], after: &[Option<Vec<Sample>>
 }
 
 fn scrape_twice(
-    targets: &[String],
+    sources: &Sources,
     interval: Duration,
     ctx: &Ctx<'_>,
 ) -> Result<(ByReporter, f64), Error> {
-    let before = scrape_all(targets, ctx)?;
+    let before = scrape_all(sources, ctx)?;
     let started = Instant::now();
     if ctx.progress {
         eprint!(
             "sampling {} endpoint(s) for {:.1}s...",
-            targets.len(),
+            sources.scrape.len(),
             interval.as_secs_f64()
         );
     }
     // The window itself: the rates are increases over exactly this interval.
     std::thread::sleep(interval);
-    let after = scrape_all(targets, ctx)?;
+    let after = scrape_all(sources, ctx)?;
     if ctx.progress {
         eprint!("\r\x1b[K");
     }

@@ -186,3 +186,102 @@ fn prometheus_queries_and_answers_feed_the_same_figures() {
     assert_eq!(rows[0].connections_per_second, Some(0.1));
     assert_eq!(rows[0].mtls, Some(1.0));
 }
+
+#[test]
+fn local_sources_are_every_ztunnel_and_waypoint() {
+    let e = Endpoint::in_netns;
+    let c = local::Components {
+        istiod: e("ambrs-c", "10.243.0.1:15014"),
+        istiod_log: None,
+        ztunnels: ["node-1", "node-2"]
+            .into_iter()
+            .map(|node| local::NodeAgent {
+                node: node.into(),
+                admin: e(&format!("ambrs-c.{node}"), "127.0.0.1:15000"),
+                readiness: e(&format!("ambrs-c.{node}"), "127.0.0.1:15021"),
+                stats: e(&format!("ambrs-c.{node}"), "127.0.0.1:15020"),
+                log: None,
+            })
+            .collect(),
+        waypoints: vec![(
+            "demo/waypoint".into(),
+            e("ambrs-c.demo.waypoint", "127.0.0.1:15020"),
+        )],
+    };
+    let cluster = crate::cli::LocalCluster {
+        name: "c".into(),
+        dir: "/run/ambient-rs/local/c".into(),
+    };
+    let s = Sources::of_local(&cluster, &c);
+    let shown = |v: &[Endpoint]| v.iter().map(ToString::to_string).collect::<Vec<_>>();
+    assert_eq!(
+        shown(&s.scrape),
+        [
+            "127.0.0.1:15020 in netns ambrs-c.node-1",
+            "127.0.0.1:15020 in netns ambrs-c.node-2",
+            "127.0.0.1:15020 in netns ambrs-c.demo.waypoint"
+        ]
+    );
+    assert_eq!(
+        shown(&s.admins),
+        [
+            "127.0.0.1:15000 in netns ambrs-c.node-1",
+            "127.0.0.1:15000 in netns ambrs-c.node-2"
+        ]
+    );
+    assert!(
+        s.hint.contains("meshctl local status --name c"),
+        "{}",
+        s.hint
+    );
+}
+
+fn run_with(env: &[(&str, &str)], args: &[&str]) -> Result<String, Error> {
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+    let env: std::collections::HashMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let ctx = Ctx {
+        env: &env,
+        timeout: Duration::from_secs(1),
+        style: Default::default(),
+        now: crate::golden::fixture_now(),
+        progress: false,
+    };
+    let mut argv = vec!["meshctl", "stat", "--interval", "10ms"];
+    argv.extend(args);
+    let Command::Stat(a) = Cli::try_parse_from(argv).unwrap().command else {
+        panic!("not stat")
+    };
+    let mut out = Vec::new();
+    run(&a, &ctx, &mut out).map(|()| String::from_utf8_lossy(&out).into_owned())
+}
+
+#[test]
+fn meshctl_local_is_scraped_unless_addresses_are_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let state_dir = dir.path().to_str().unwrap();
+    let env = [("MESHCTL_LOCAL", "envc")];
+    let err = run_with(&env, &["--state-dir", state_dir]).unwrap_err();
+    assert!(
+        err.to_string().contains("cluster \"envc\" does not exist"),
+        "{err}"
+    );
+    assert_eq!(err.exit_code(), crate::error::EXIT_USAGE);
+    // --scrape names the endpoints: they are scraped, and nothing answering is exit 3.
+    let down = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let all_down = format!("{down},{down},{down}");
+    for (flag, value) in [("--scrape", &down), ("--ztunnel", &all_down)] {
+        let err = run_with(&env, &[flag, value]).unwrap_err();
+        assert!(
+            matches!(&err, Error::Unreachable { what, .. } if what == "metrics endpoint"),
+            "{flag}: {err}"
+        );
+        assert_eq!(err.exit_code(), crate::error::EXIT_UNREACHABLE);
+    }
+}

@@ -13,14 +13,11 @@ use std::path::Path;
 use serde_json::{Map, Value};
 
 use super::Ctx;
-use crate::cmd::local::{self, netns, state::ClusterState, LocalError};
+use crate::cmd::local::waypoint::{self, ADMIN_IN_NETNS};
 use crate::dump::{ConfigDump, DumpError};
 use crate::error::Error;
 use crate::http::Response;
 
-/// ztunnel's admin address inside its node namespace (Istio's port; the local cluster starts
-/// every ztunnel with it).
-const ADMIN_IN_NODE: &str = "127.0.0.1:15000";
 /// The dump's per-section keys; every other top-level key is per agent.
 const SECTIONS: [&str; 5] = [
     "workloads",
@@ -37,41 +34,13 @@ pub fn dump(
     node: Option<&str>,
     ctx: &Ctx<'_>,
 ) -> Result<ConfigDump, Error> {
-    local::validate_cluster_name(cluster)?;
-    let st = ClusterState::load(dir)?.ok_or_else(|| LocalError::NoCluster {
-        name: cluster.to_string(),
-        dir: dir.to_path_buf(),
-    })?;
-    if !st.mesh {
-        return Err(Error::Usage(format!(
-            "cluster {cluster} runs without the mesh (`up --no-mesh`): it has no ztunnels"
-        )));
-    }
-    // The node is checked first: a wrong name is a usage error whoever runs the command.
-    let one = node
-        .map(|node| {
-            st.nodes.iter().find(|n| n.name == node).ok_or_else(|| {
-                let names: Vec<&str> = st.nodes.iter().map(|n| n.name.as_str()).collect();
-                Error::Usage(format!(
-                    "cluster {cluster} has no node {node:?} (nodes: {})",
-                    names.join(", ")
-                ))
-            })
-        })
-        .transpose()?;
-    if !local::is_root() {
-        return Err(Error::Usage(format!(
-            "reading the ztunnels of cluster {cluster} needs root: they listen inside its network namespaces"
-        )));
-    }
-    match one {
-        Some(n) => {
-            let resp = netns::http_get_in(&n.netns, ADMIN_IN_NODE, "/config_dump", ctx.timeout)
-                .map_err(|e| LocalError::Invalid(format!("ztunnel on {}: {e}", n.name)))?;
-            parse(&n.name, &resp)
+    match node {
+        Some(node) => {
+            let resp = waypoint::ztunnel_dump(cluster, dir, node, ctx.timeout)?;
+            parse(node, &resp)
         }
         None => {
-            let dumps = local::waypoint::ztunnel_dumps(cluster, dir, ctx.timeout)?
+            let dumps = waypoint::ztunnel_dumps(cluster, dir, ctx.timeout)?
                 .into_iter()
                 .map(|(node, resp)| parse(&node, &resp).map(|d| (node, d)))
                 .collect::<Result<Vec<_>, _>>()?;
@@ -87,7 +56,7 @@ pub fn dump(
 fn parse(node: &str, resp: &Response) -> Result<ConfigDump, Error> {
     let bad = |why: String| Error::BadResponse {
         what: format!("ztunnel of {node}"),
-        addr: format!("{ADMIN_IN_NODE} in its node namespace"),
+        addr: format!("{ADMIN_IN_NETNS} in its node namespace"),
         path: "/config_dump".into(),
         why,
         hint: "see its log (`meshctl local status` names it); `--node` reads one node's agent only"

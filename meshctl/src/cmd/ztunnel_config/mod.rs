@@ -9,8 +9,9 @@ use std::io::Write;
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use super::{bad_response, fetch_ok, Ctx, Target};
+use super::Ctx;
 use crate::cli::{Section, ZtunnelConfigArgs};
+use crate::cmd::local::waypoint::Endpoint;
 use crate::config;
 use crate::dump::{cert_rows, format_time, title_case, waypoint_name, ConfigDump};
 use crate::error::Error;
@@ -34,20 +35,16 @@ impl Filter {
     }
 }
 
-/// Fetches and parses a ztunnel's `/config_dump`.
-pub fn fetch_dump(admin: &str, ctx: &Ctx<'_>) -> Result<ConfigDump, Error> {
-    let target = Target {
-        what: "ztunnel admin",
-        addr: admin,
-        hint: HINT,
-    };
-    let resp = fetch_ok(target, "/config_dump", ctx.timeout)?;
-    ConfigDump::parse(&resp.body).map_err(|e| {
-        bad_response(
-            target,
-            "/config_dump",
-            format!("a body that is not a config dump: {e}"),
-        )
+/// Fetches and parses a ztunnel's `/config_dump` (on this host, or inside a local cluster's
+/// node namespace).
+pub fn fetch_dump(admin: &Endpoint, ctx: &Ctx<'_>) -> Result<ConfigDump, Error> {
+    let resp = admin.fetch_ok("ztunnel admin", HINT, "/config_dump", ctx.timeout)?;
+    ConfigDump::parse(&resp.body).map_err(|e| Error::BadResponse {
+        what: "ztunnel admin".into(),
+        addr: admin.to_string(),
+        path: "/config_dump".into(),
+        why: format!("a body that is not a config dump: {e}"),
+        hint: HINT.into(),
     })
 }
 
@@ -55,18 +52,8 @@ pub fn fetch_dump(admin: &str, ctx: &Ctx<'_>) -> Result<ConfigDump, Error> {
 pub fn run(args: &ZtunnelConfigArgs, ctx: &Ctx<'_>, out: &mut dyn Write) -> Result<(), Error> {
     // --admin names one agent explicitly, so it wins over MESHCTL_LOCAL (clap refuses it
     // together with --local).
-    let local_cluster = args.local.clone().or_else(|| {
-        args.admin
-            .is_none()
-            .then(|| ctx.env.get(super::waypoint::LOCAL_ENV))
-            .flatten()
-            .filter(|s| !s.is_empty())
-    });
-    let dump = match local_cluster {
-        Some(cluster) => {
-            let dir = super::local::state_dir(&cluster, args.state_dir.as_deref());
-            local::dump(&cluster, &dir, args.node.as_deref(), ctx)?
-        }
+    let dump = match args.cluster.resolve(args.admin.is_some(), ctx.env)? {
+        Some(cluster) => local::dump(&cluster.name, &cluster.dir, args.node.as_deref(), ctx)?,
         None => {
             let admin = match &args.admin {
                 Some(a) => config::normalize_addr(a, "--admin")?,
@@ -75,7 +62,7 @@ pub fn run(args: &ZtunnelConfigArgs, ctx: &Ctx<'_>, out: &mut dyn Write) -> Resu
                     .map(|z| z.admin.clone())
                     .unwrap_or_else(|| config::DEFAULT_ADMIN.to_string()),
             };
-            fetch_dump(&admin, ctx)?
+            fetch_dump(&Endpoint::host(admin), ctx)?
         }
     };
     let filter = Filter {
