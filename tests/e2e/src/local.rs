@@ -194,6 +194,44 @@ impl LocalCluster {
         }
     }
 
+    /// Writes `yaml` as `config/<file>` for istiod-lite, atomically (it watches the directory).
+    pub fn write_config(&self, file: &str, yaml: &str) -> anyhow::Result<()> {
+        let dir = self.dir.join("config");
+        let tmp = dir.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, yaml)?;
+        std::fs::rename(&tmp, dir.join(file))?;
+        Ok(())
+    }
+
+    /// `pod add NAME -n NS --sa NAME --node NODE [--label L]...`, running examples/apps/server.py
+    /// on 8080 when `server`; returns the pod's IP.
+    pub fn add_pod(
+        &self,
+        ns: &str,
+        name: &str,
+        node: &str,
+        labels: &[&str],
+        server: bool,
+    ) -> anyhow::Result<String> {
+        let mut args = vec!["pod", "add", name, "-n", ns, "--sa", name, "--node", node];
+        for l in labels {
+            args.extend(["--label", l]);
+        }
+        let server_py = repo_root().join("examples/apps/server.py");
+        let server_py = server_py.to_string_lossy().into_owned();
+        if server {
+            args.extend([
+                "--", "python3", &server_py, "--pod", name, "--bind", "0.0.0.0", "--port", "8080",
+            ]);
+        }
+        let ip = self.ok(&args)?.trim().to_string();
+        anyhow::ensure!(
+            ip.parse::<std::net::Ipv4Addr>().is_ok(),
+            "pod add printed {ip:?}"
+        );
+        Ok(ip)
+    }
+
     /// The network namespace of node `node` (`ambrs-<cluster>.<node>`).
     pub fn node_netns(&self, node: &str) -> String {
         format!("ambrs-{}.{node}", self.name)
@@ -294,6 +332,42 @@ fn strip(v: &mut Value) {
         Value::Array(a) => a.iter_mut().for_each(strip),
         _ => {}
     }
+}
+
+/// Skips (printing why) without root or tools; else runs `body` on a fresh mesh cluster of
+/// `nodes` nodes with namespace `demo` labelled ambient, printing the cluster's logs before
+/// panicking when setting it up or `body` fails.
+pub fn with_ambient_cluster(nodes: u8, body: impl FnOnce(&LocalCluster) -> anyhow::Result<()>) {
+    if !prerequisites() {
+        return;
+    }
+    let c = LocalCluster::new().expect("cluster state dir");
+    let res = c
+        .ok(&["up", "--nodes", &nodes.to_string(), "--cni-dir", CNI_DIR])
+        .and_then(|_| {
+            c.ok(&[
+                "namespace",
+                "demo",
+                "--label",
+                "istio.io/dataplane-mode=ambient",
+            ])
+        })
+        .and_then(|_| body(&c));
+    if let Err(e) = res {
+        c.print_logs();
+        panic!("{e:#}");
+    }
+}
+
+/// GET `url` from inside network namespace `netns` (curl); the body of a 2xx answer.
+pub fn get_in(netns: &str, url: &str) -> anyhow::Result<String> {
+    let out = LocalCluster::in_netns(netns, &["curl", "-fsS", "--max-time", "3", url])?;
+    anyhow::ensure!(
+        out.status.success(),
+        "GET {url} in {netns}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Polls `check` every 100 ms until it returns `Some`, or fails after `timeout` naming `what`

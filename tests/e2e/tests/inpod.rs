@@ -19,80 +19,23 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use mesh_e2e::local::{poll, prerequisites, repo_root, LocalCluster, CNI_DIR};
+use mesh_e2e::local::{get_in, poll, repo_root, with_ambient_cluster, LocalCluster};
 use serde_json::Value;
 
 const VIP: &str = "10.96.0.10";
-
-/// A cluster with the mesh on, `nodes` nodes, and namespace `demo` labelled ambient.
-fn cluster(nodes: u8) -> anyhow::Result<LocalCluster> {
-    let c = LocalCluster::new()?;
-    c.ok(&["up", "--nodes", &nodes.to_string(), "--cni-dir", CNI_DIR])?;
-    c.ok(&[
-        "namespace",
-        "demo",
-        "--label",
-        "istio.io/dataplane-mode=ambient",
-    ])?;
-    Ok(c)
-}
-
-/// Adds a pod (optionally running server.py on 8080) and returns its IP.
-fn pod(
-    c: &LocalCluster,
-    ns: &str,
-    name: &str,
-    node: &str,
-    labels: &[&str],
-    server: bool,
-) -> anyhow::Result<String> {
-    let mut args = vec!["pod", "add", name, "-n", ns, "--sa", name, "--node", node];
-    for l in labels {
-        args.extend(["--label", l]);
-    }
-    let server_py = repo_root().join("examples/apps/server.py");
-    let server_py = server_py.to_string_lossy().into_owned();
-    if server {
-        args.extend([
-            "--", "python3", &server_py, "--pod", name, "--bind", "0.0.0.0", "--port", "8080",
-        ]);
-    }
-    let ip = c.ok(&args)?.trim().to_string();
-    anyhow::ensure!(
-        ip.parse::<std::net::Ipv4Addr>().is_ok(),
-        "pod add printed {ip:?}"
-    );
-    Ok(ip)
-}
 
 /// The Service `server.demo` (VIP 10.96.0.10:80 -> 8080) selecting `app=server`.
 fn write_service(c: &LocalCluster) -> anyhow::Result<()> {
     let yaml = format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: server, namespace: demo}}\nspec:\n  selector: {{app: server}}\n  clusterIP: {VIP}\n  ports: [{{name: http, port: 80, targetPort: 8080}}]\n"
     );
-    write_config(c, "service.demo.server.yaml", &yaml)
-}
-
-fn write_config(c: &LocalCluster, file: &str, yaml: &str) -> anyhow::Result<()> {
-    let dir = c.dir.join("config");
-    let tmp = dir.join(format!(".{file}.tmp"));
-    std::fs::write(&tmp, yaml)?;
-    std::fs::rename(&tmp, dir.join(file))?;
-    Ok(())
-}
-
-fn pod_netns(c: &LocalCluster, ns: &str, name: &str) -> String {
-    format!("ambrs-{}.{ns}.{name}", c.name)
-}
-
-fn node_netns(c: &LocalCluster, node: &str) -> String {
-    format!("ambrs-{}.{node}", c.name)
+    c.write_config("service.demo.server.yaml", &yaml)
 }
 
 /// `curl` from inside a pod; the body on success.
 fn curl(c: &LocalCluster, ns: &str, name: &str, url: &str) -> anyhow::Result<String> {
     let out = LocalCluster::in_netns(
-        &pod_netns(c, ns, name),
+        &c.pod_netns(ns, name),
         &["curl", "-sS", "--max-time", "3", url],
     )?;
     anyhow::ensure!(
@@ -128,20 +71,20 @@ fn curl_refused_eventually(
 
 /// The in-pod nat rules of a pod: true when our ISTIO_OUTPUT chain is installed.
 fn captured(c: &LocalCluster, ns: &str, name: &str) -> anyhow::Result<bool> {
-    let out = LocalCluster::in_netns(&pod_netns(c, ns, name), &["iptables-save", "-t", "nat"])?;
+    let out = LocalCluster::in_netns(&c.pod_netns(ns, name), &["iptables-save", "-t", "nat"])?;
     anyhow::ensure!(out.status.success(), "iptables-save failed");
     Ok(String::from_utf8_lossy(&out.stdout).contains("-j REDIRECT --to-ports 15001"))
 }
 
 /// ztunnel's metrics on `node`.
 fn metrics(c: &LocalCluster, node: &str) -> anyhow::Result<String> {
-    get_in(&node_netns(c, node), "http://127.0.0.1:15020/metrics")
+    get_in(&c.node_netns(node), "http://127.0.0.1:15020/metrics")
 }
 
 /// ztunnel's `/config_dump` on `node`.
 fn config_dump(c: &LocalCluster, node: &str) -> anyhow::Result<Value> {
     Ok(serde_json::from_str(&get_in(
-        &node_netns(c, node),
+        &c.node_netns(node),
         "http://127.0.0.1:15000/config_dump",
     )?)?)
 }
@@ -149,20 +92,9 @@ fn config_dump(c: &LocalCluster, node: &str) -> anyhow::Result<Value> {
 /// The metrics of the waypoint pod `demo/waypoint`.
 fn waypoint_metrics(c: &LocalCluster) -> anyhow::Result<String> {
     get_in(
-        &pod_netns(c, "demo", "waypoint"),
+        &c.pod_netns("demo", "waypoint"),
         "http://127.0.0.1:15020/stats/prometheus",
     )
-}
-
-/// GET `url` from inside network namespace `netns` (curl); the body.
-fn get_in(netns: &str, url: &str) -> anyhow::Result<String> {
-    let out = LocalCluster::in_netns(netns, &["curl", "-fsS", "--max-time", "3", url])?;
-    anyhow::ensure!(
-        out.status.success(),
-        "GET {url} in {netns}: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Sum of `istio_tcp_connections_opened_total` series containing every one of `parts`.
@@ -175,47 +107,11 @@ fn opened(metrics: &str, parts: &[&str]) -> f64 {
         .sum()
 }
 
-/// Skips (printing why) without root or tools; else runs `body` on a fresh cluster of `nodes`
-/// nodes, printing the cluster's logs before panicking on failure.
-fn with_cluster(nodes: u8, body: impl FnOnce(&LocalCluster) -> anyhow::Result<()>) {
-    if !prerequisites() {
-        return;
-    }
-    let c = cluster(nodes).expect("cluster");
-    if let Err(e) = body(&c) {
-        let mut logs: Vec<std::path::PathBuf> = std::fs::read_dir(c.dir.join("logs"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .collect();
-        // Each pod's own output (apps, waypoints) too.
-        for pod in std::fs::read_dir(c.dir.join("pods"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            logs.push(pod.path().join("app.log"));
-        }
-        {
-            for e in logs.iter().filter(|p| p.exists()) {
-                let text = std::fs::read_to_string(e).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(60).collect();
-                eprintln!("===== {} (last lines) =====", e.display());
-                for l in tail.iter().rev() {
-                    eprintln!("{l}");
-                }
-            }
-        }
-        panic!("{e:#}");
-    }
-}
-
 #[test]
 fn captured_pods_reach_a_service_by_vip_pod_ip_and_dns_name_over_mtls() {
-    with_cluster(2, |c| {
-        let server_ip = pod(c, "demo", "server", "node-2", &["app=server"], true)?;
-        let client_ip = pod(c, "demo", "client", "node-1", &[], false)?;
+    with_ambient_cluster(2, |c| {
+        let server_ip = c.add_pod("demo", "server", "node-2", &["app=server"], true)?;
+        let client_ip = c.add_pod("demo", "client", "node-1", &[], false)?;
         write_service(c)?;
         anyhow::ensure!(captured(c, "demo", "client")? && captured(c, "demo", "server")?);
         let caller = format!("you called from {client_ip}:");
@@ -250,7 +146,7 @@ fn captured_pods_reach_a_service_by_vip_pod_ip_and_dns_name_over_mtls() {
         );
         // `meshctl tap` shows the client's connections live, with both identities.
         let tap = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", node_netns(c, "node-1")))
+            .arg(format!("--net=/run/netns/{}", c.node_netns("node-1")))
             .arg("--")
             .arg(mesh_e2e::bins::bin("meshctl")?)
             .args([
@@ -367,22 +263,22 @@ impl Sniffer {
 
 #[test]
 fn no_plaintext_payload_crosses_the_pod_bridge_between_meshed_pods() {
-    with_cluster(1, |c| {
-        let server_ip = pod(c, "demo", "server", "node-1", &["app=server"], true)?;
-        pod(c, "demo", "client", "node-1", &[], false)?;
+    with_ambient_cluster(1, |c| {
+        let server_ip = c.add_pod("demo", "server", "node-1", &["app=server"], true)?;
+        c.add_pod("demo", "client", "node-1", &[], false)?;
         // The same pair outside the mesh, on the same bridge: proves the capture sees payloads.
-        let plain_ip = pod(c, "plain", "server", "node-1", &[], true)?;
-        pod(c, "plain", "client", "node-1", &[], false)?;
+        let plain_ip = c.add_pod("plain", "server", "node-1", &[], true)?;
+        c.add_pod("plain", "client", "node-1", &[], false)?;
         curl_eventually(c, "demo", "client", &format!("http://{server_ip}:8080/"))?;
         curl_eventually(c, "plain", "client", &format!("http://{plain_ip}:8080/"))?;
 
         let marker = format!("MARKER-{:08x}", rand::random::<u32>());
         let header = format!("X-Marker: {marker}");
-        let node = node_netns(c, "node-1");
+        let node = c.node_netns("node-1");
         let sniff = Sniffer::start(&node, "all", &marker)?;
         for _ in 0..5 {
             let out = LocalCluster::in_netns(
-                &pod_netns(c, "demo", "client"),
+                &c.pod_netns("demo", "client"),
                 &[
                     "curl",
                     "-sS",
@@ -404,7 +300,7 @@ fn no_plaintext_payload_crosses_the_pod_bridge_between_meshed_pods() {
 
         let sniff = Sniffer::start(&node, "all", &marker)?;
         let out = LocalCluster::in_netns(
-            &pod_netns(c, "plain", "client"),
+            &c.pod_netns("plain", "client"),
             &[
                 "curl",
                 "-sS",
@@ -427,11 +323,10 @@ fn no_plaintext_payload_crosses_the_pod_bridge_between_meshed_pods() {
 
 #[test]
 fn opt_out_label_and_namespace_label_flip_release_and_enroll_running_pods() {
-    with_cluster(1, |c| {
-        let server_ip = pod(c, "demo", "server", "node-1", &["app=server"], true)?;
-        let client_ip = pod(c, "demo", "client", "node-1", &[], false)?;
-        let optout_ip = pod(
-            c,
+    with_ambient_cluster(1, |c| {
+        let server_ip = c.add_pod("demo", "server", "node-1", &["app=server"], true)?;
+        let client_ip = c.add_pod("demo", "client", "node-1", &[], false)?;
+        let optout_ip = c.add_pod(
             "demo",
             "optout",
             "node-1",
@@ -514,10 +409,10 @@ fn opt_out_label_and_namespace_label_flip_release_and_enroll_running_pods() {
 
 #[test]
 fn strict_peer_authentication_refuses_plaintext_from_a_pod_outside_the_mesh() {
-    with_cluster(1, |c| {
-        let server_ip = pod(c, "demo", "server", "node-1", &["app=server"], true)?;
-        pod(c, "demo", "client", "node-1", &[], false)?;
-        let stranger_ip = pod(c, "outside", "stranger", "node-1", &[], false)?;
+    with_ambient_cluster(1, |c| {
+        let server_ip = c.add_pod("demo", "server", "node-1", &["app=server"], true)?;
+        c.add_pod("demo", "client", "node-1", &[], false)?;
+        let stranger_ip = c.add_pod("outside", "stranger", "node-1", &[], false)?;
         let url = format!("http://{server_ip}:8080/");
         // PERMISSIVE (the default): plaintext from outside is accepted, meshed traffic too.
         let body = curl_eventually(c, "outside", "stranger", &url)?;
@@ -527,9 +422,7 @@ fn strict_peer_authentication_refuses_plaintext_from_a_pod_outside_the_mesh() {
         );
         curl_eventually(c, "demo", "client", &url)?;
 
-        write_config(
-            c,
-            "peerauthentication.demo.yaml",
+        c.write_config("peerauthentication.demo.yaml",
             "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: demo}\nspec:\n  mtls: {mode: STRICT}\n",
         )?;
         curl_refused_eventually(c, "outside", "stranger", &url)?;
@@ -544,9 +437,7 @@ fn strict_peer_authentication_refuses_plaintext_from_a_pod_outside_the_mesh() {
             "the refusal must be counted with response_flags=DENY"
         );
 
-        write_config(
-            c,
-            "peerauthentication.demo.yaml",
+        c.write_config("peerauthentication.demo.yaml",
             "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: demo}\nspec:\n  mtls: {mode: PERMISSIVE}\n",
         )?;
         curl_eventually(c, "outside", "stranger", &url)?;
@@ -556,10 +447,10 @@ fn strict_peer_authentication_refuses_plaintext_from_a_pod_outside_the_mesh() {
 
 #[test]
 fn authorization_policy_is_enforced_on_captured_traffic() {
-    with_cluster(1, |c| {
-        let server_ip = pod(c, "demo", "server", "node-1", &["app=server"], true)?;
-        pod(c, "demo", "client", "node-1", &[], false)?;
-        pod(c, "demo", "other", "node-1", &[], false)?;
+    with_ambient_cluster(1, |c| {
+        let server_ip = c.add_pod("demo", "server", "node-1", &["app=server"], true)?;
+        c.add_pod("demo", "client", "node-1", &[], false)?;
+        c.add_pod("demo", "other", "node-1", &[], false)?;
         let url = format!("http://{server_ip}:8080/");
         curl_eventually(c, "demo", "client", &url)?;
         curl_eventually(c, "demo", "other", &url)?;
@@ -568,11 +459,11 @@ fn authorization_policy_is_enforced_on_captured_traffic() {
                 "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: server-callers, namespace: demo}}\nspec:\n  selector: {{matchLabels: {{app: server}}}}\n  action: ALLOW\n  rules:\n  - from:\n    - source: {{principals: [\"cluster.local/ns/demo/sa/{principal}\"]}}\n"
             )
         };
-        write_config(c, "authz.demo.yaml", &policy("client"))?;
+        c.write_config("authz.demo.yaml", &policy("client"))?;
         curl_refused_eventually(c, "demo", "other", &url)?;
         curl(c, "demo", "client", &url)?;
         // Changed: now only `other` may call.
-        write_config(c, "authz.demo.yaml", &policy("other"))?;
+        c.write_config("authz.demo.yaml", &policy("other"))?;
         curl_refused_eventually(c, "demo", "client", &url)?;
         curl(c, "demo", "other", &url)?;
         Ok(())
@@ -581,9 +472,9 @@ fn authorization_policy_is_enforced_on_captured_traffic() {
 
 #[test]
 fn ztunnel_killed_and_restarted_under_traffic_keeps_pods_captured() {
-    with_cluster(2, |c| {
-        let server_ip = pod(c, "demo", "server", "node-2", &["app=server"], true)?;
-        let client_ip = pod(c, "demo", "client", "node-1", &[], false)?;
+    with_ambient_cluster(2, |c| {
+        let server_ip = c.add_pod("demo", "server", "node-2", &["app=server"], true)?;
+        let client_ip = c.add_pod("demo", "client", "node-1", &[], false)?;
         let url = format!("http://{server_ip}:8080/");
         curl_eventually(c, "demo", "client", &url)?;
 
@@ -591,7 +482,7 @@ fn ztunnel_killed_and_restarted_under_traffic_keeps_pods_captured() {
         let mut load = Command::new("nsenter")
             .arg(format!(
                 "--net=/run/netns/{}",
-                pod_netns(c, "demo", "client")
+                c.pod_netns("demo", "client")
             ))
             .args(["--", "python3"])
             .arg(repo_root().join("tests/e2e/scripts/load.py"))
@@ -667,11 +558,9 @@ fn ztunnel_killed_and_restarted_under_traffic_keeps_pods_captured() {
 /// HBONE to the waypoint (authority = the VIP) → HTTPRoute → HBONE to the server pod.
 #[test]
 fn captured_traffic_to_a_service_goes_through_its_namespace_waypoint() {
-    with_cluster(1, |c| {
+    with_ambient_cluster(1, |c| {
         // A route with a redirect rule: only a waypoint can answer that one.
-        write_config(
-            c,
-            "httproute.demo.server.yaml",
+        c.write_config("httproute.demo.server.yaml",
             "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: server, namespace: demo}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: server, port: 80}]\n  rules:\n  - matches: [{path: {type: PathPrefix, value: /old}}]\n    filters: [{type: RequestRedirect, requestRedirect: {path: {type: ReplaceFullPath, replaceFullPath: /new}, statusCode: 301}}]\n  - backendRefs: [{name: server, port: 80}]\n",
         )?;
         // As istioctl: the Gateway, the waypoint pod (the tool's stand-in for the waypoint
@@ -711,14 +600,14 @@ fn captured_traffic_to_a_service_goes_through_its_namespace_waypoint() {
             !captured(c, "demo", "waypoint")?,
             "the waypoint pod must not be captured"
         );
-        pod(c, "demo", "server", "node-1", &["app=server"], true)?;
-        let client_ip = pod(c, "demo", "client", "node-1", &[], false)?;
+        c.add_pod("demo", "server", "node-1", &["app=server"], true)?;
+        let client_ip = c.add_pod("demo", "client", "node-1", &[], false)?;
         write_service(c)?;
 
         // The redirect can only come from the waypoint's route.
         let out = poll("a 301 from the waypoint", Duration::from_secs(20), || {
             let out = LocalCluster::in_netns(
-                &pod_netns(c, "demo", "client"),
+                &c.pod_netns("demo", "client"),
                 &[
                     "curl",
                     "-sS",
@@ -863,7 +752,7 @@ fn grpc_call(
     let app = repo_root().join("tests/e2e/python/grpc_app.py");
     let app = app.to_string_lossy();
     let out = LocalCluster::in_netns(
-        &pod_netns(c, ns, pod),
+        &c.pod_netns(ns, pod),
         &[
             "python3",
             &app,
@@ -901,7 +790,7 @@ fn grpcroute_routes_grpc_calls_by_method_through_the_waypoint() {
         mesh_e2e::skip("python grpcio is not installed (make prereqs installs it)");
         return;
     }
-    with_cluster(1, |c| {
+    with_ambient_cluster(1, |c| {
         let app = repo_root().join("tests/e2e/python/grpc_app.py");
         let app = app.to_string_lossy().into_owned();
         for (name, label) in [("grpc-a", "app=grpc-a"), ("grpc-b", "app=grpc-b")] {
@@ -910,28 +799,23 @@ fn grpcroute_routes_grpc_calls_by_method_through_the_waypoint() {
                 label, "--", "python3", &app, "serve", "--name", name, "--port", "9090",
             ])?;
         }
-        pod(c, "demo", "client", "node-1", &[], false)?;
+        c.add_pod("demo", "client", "node-1", &[], false)?;
         let svc = |name: &str, selector: &str, vip: &str| {
             format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: demo}}\nspec:\n  selector: {{app: {selector}}}\n  clusterIP: {vip}\n  ports: [{{name: grpc, port: 9090, targetPort: 9090, appProtocol: grpc}}]\n")
         };
-        write_config(
-            c,
+        c.write_config(
             "service.demo.grpc.yaml",
             &svc("grpc", "grpc-a", "10.96.0.20"),
         )?;
-        write_config(
-            c,
+        c.write_config(
             "service.demo.grpc-a.yaml",
             &svc("grpc-a", "grpc-a", "10.96.0.21"),
         )?;
-        write_config(
-            c,
+        c.write_config(
             "service.demo.grpc-b.yaml",
             &svc("grpc-b", "grpc-b", "10.96.0.22"),
         )?;
-        write_config(
-            c,
-            "grpcroute.demo.grpc.yaml",
+        c.write_config("grpcroute.demo.grpc.yaml",
             "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: grpc, namespace: demo}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: grpc, port: 9090}]\n  rules:\n  - matches: [{method: {service: demo.Echo, method: Count}}]\n    backendRefs: [{name: grpc-b, port: 9090}]\n  - backendRefs: [{name: grpc-a, port: 9090}]\n",
         )?;
         c.cli(&[
@@ -985,17 +869,15 @@ fn grpcroute_routes_grpc_calls_by_method_through_the_waypoint() {
 /// both ways, and a non-HTTP service port is relayed as plain TCP.
 #[test]
 fn waypoint_passes_upgrades_and_relays_non_http_ports() {
-    with_cluster(1, |c| {
+    with_ambient_cluster(1, |c| {
         let app = repo_root().join("tests/e2e/python/upgrade_echo.py");
         let app = app.to_string_lossy().into_owned();
         c.ok(&[
             "pod", "add", "echo", "-n", "demo", "--sa", "echo", "--node", "node-1", "--label",
             "app=echo", "--", "python3", &app, "serve", "--port", "7070", "--port", "7071",
         ])?;
-        pod(c, "demo", "client", "node-1", &[], false)?;
-        write_config(
-            c,
-            "service.demo.echo.yaml",
+        c.add_pod("demo", "client", "node-1", &[], false)?;
+        c.write_config("service.demo.echo.yaml",
             "apiVersion: v1\nkind: Service\nmetadata: {name: echo, namespace: demo}\nspec:\n  selector: {app: echo}\n  clusterIP: 10.96.0.40\n  ports:\n  - {name: http-ws, port: 7070, targetPort: 7070}\n  - {name: tcp-echo, port: 7071, targetPort: 7071}\n",
         )?;
         c.cli(&[
@@ -1008,7 +890,7 @@ fn waypoint_passes_upgrades_and_relays_non_http_ports() {
         ])?;
         let run = |mode: &str, target: &str, data: &str| -> anyhow::Result<String> {
             let out = LocalCluster::in_netns(
-                &pod_netns(c, "demo", "client"),
+                &c.pod_netns("demo", "client"),
                 &["python3", &app, mode, "--target", target, "--data", data],
             )?;
             anyhow::ensure!(

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use mesh_e2e::local::{poll, prerequisites, LocalCluster, CNI_DIR};
+use mesh_e2e::local::{get_in, poll, with_ambient_cluster, LocalCluster};
 use serde_json::Value;
 
 const VIP: &str = "10.96.0.20";
@@ -36,18 +36,6 @@ class H(http.server.BaseHTTPRequestHandler):
 http.server.ThreadingHTTPServer(("0.0.0.0", port), H).serve_forever()
 "#;
 
-fn pod_netns(c: &LocalCluster, ns: &str, name: &str) -> String {
-    format!("ambrs-{}.{ns}.{name}", c.name)
-}
-
-fn write_config(c: &LocalCluster, file: &str, yaml: &str) -> anyhow::Result<()> {
-    let dir = c.dir.join("config");
-    let tmp = dir.join(format!(".{file}.tmp"));
-    std::fs::write(&tmp, yaml)?;
-    std::fs::rename(&tmp, dir.join(file))?;
-    Ok(())
-}
-
 /// Labels node `node` with a region and zone, the way docs/local-cluster.md tells users to:
 /// by editing the Node object `meshctl local up` wrote (here: rewriting it with the labels).
 fn set_node_locality(c: &LocalCluster, node: &str, region: &str, zone: &str) -> anyhow::Result<()> {
@@ -58,9 +46,7 @@ fn set_node_locality(c: &LocalCluster, node: &str, region: &str, zone: &str) -> 
         text.contains("kind: Node") && text.contains(&format!("name: {node}")),
         "meshctl local up did not write Node {node}: {text}"
     );
-    write_config(
-        c,
-        &file,
+    c.write_config(&file,
         &format!(
             "apiVersion: v1\nkind: Node\nmetadata:\n  name: {node}\n  labels:\n    kubernetes.io/hostname: {node}\n    topology.kubernetes.io/region: {region}\n    topology.kubernetes.io/zone: {zone}\n"
         ),
@@ -102,7 +88,7 @@ fn backend(
 /// One request from the client pod through the waypoint: (status, answering pod).
 fn request(c: &LocalCluster) -> anyhow::Result<(u16, String)> {
     let out = LocalCluster::in_netns(
-        &pod_netns(c, "demo", "client"),
+        &c.pod_netns("demo", "client"),
         &[
             "curl",
             "-sS",
@@ -126,17 +112,6 @@ fn request(c: &LocalCluster) -> anyhow::Result<(u16, String)> {
         .unwrap_or("")
         .to_string();
     Ok((code.trim().parse()?, pod))
-}
-
-/// GET `url` inside network namespace `netns`.
-fn get_in(netns: &str, url: &str) -> anyhow::Result<String> {
-    let out = LocalCluster::in_netns(netns, &["curl", "-fsS", "--max-time", "3", url])?;
-    anyhow::ensure!(
-        out.status.success(),
-        "GET {url} in {netns}: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The first JSON object anywhere in `v` with `"name": name` and a `locality`.
@@ -176,51 +151,9 @@ fn pushed_locality(c: &LocalCluster, pod: &str, zone: &str) -> anyhow::Result<()
     Ok(())
 }
 
-fn with_cluster(body: impl FnOnce(&LocalCluster) -> anyhow::Result<()>) {
-    if !prerequisites() {
-        return;
-    }
-    let c = LocalCluster::new().expect("cluster");
-    let res = c
-        .ok(&["up", "--nodes", "2", "--cni-dir", CNI_DIR])
-        .and_then(|_| {
-            c.ok(&[
-                "namespace",
-                "demo",
-                "--label",
-                "istio.io/dataplane-mode=ambient",
-            ])
-        })
-        .and_then(|_| body(&c));
-    if let Err(e) = res {
-        let mut logs: Vec<std::path::PathBuf> = std::fs::read_dir(c.dir.join("logs"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .collect();
-        for pod in std::fs::read_dir(c.dir.join("pods"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            logs.push(pod.path().join("app.log"));
-        }
-        for e in logs.iter().filter(|p| p.exists()) {
-            let text = std::fs::read_to_string(e).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(60).collect();
-            eprintln!("===== {} (last lines) =====", e.display());
-            for l in tail.iter().rev() {
-                eprintln!("{l}");
-            }
-        }
-        panic!("{e:#}");
-    }
-}
-
 #[test]
 fn waypoint_prefers_its_zone_and_fails_over_while_the_local_backend_is_ejected() {
-    with_cluster(|c| {
+    with_ambient_cluster(2, |c| {
         // The namespace's waypoint; wherever it lands is zone-a.
         let out = c.cli(&[
             "waypoint",
@@ -261,9 +194,7 @@ fn waypoint_prefers_its_zone_and_fails_over_while_the_local_backend_is_ejected()
         c.ok(&[
             "pod", "add", "client", "-n", "demo", "--sa", "client", "--node", other,
         ])?;
-        write_config(
-            c,
-            "locality.yaml",
+        c.write_config("locality.yaml",
             &format!(
                 r#"apiVersion: v1
 kind: Service
@@ -290,7 +221,7 @@ spec:
             Duration::from_secs(20),
             || {
                 let text = get_in(
-                    &pod_netns(c, "demo", "waypoint"),
+                    &c.pod_netns("demo", "waypoint"),
                     "http://127.0.0.1:15000/config_dump",
                 )?;
                 let v: Value = serde_json::from_str(&text)?;
