@@ -1,8 +1,9 @@
 //! Connection pool limits of a backend (DestinationRule `connectionPool`), shared by every
 //! rule that sends to it.
 //!
-//! The waypoint opens one upstream HBONE stream per request, so a "connection" here is a
-//! request being sent upstream: `tcp.maxConnections` bounds those; requests beyond it wait in
+//! A "connection" here is a request being sent upstream, from admission until its response
+//! body ends (upstream HTTP connections are shared and reused, so counting sockets would not
+//! bound the load a backend sees): `tcp.maxConnections` bounds those; requests beyond it wait in
 //! a queue of at most `http.http1MaxPendingRequests`; `http.http2MaxRequests` bounds requests
 //! in flight (waiting included). A request that finds the queue or the request limit full is
 //! answered 503 with flag `UO` at once, as Envoy's circuit breakers do.
