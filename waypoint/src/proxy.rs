@@ -245,16 +245,23 @@ fn full(b: impl Into<Bytes>) -> RespBody {
     Full::new(b.into()).map_err(|e| match e {}).boxed()
 }
 
-/// Completes the record when the response body is finished (or dropped): counts bytes and
-/// picks up `grpc-status` from trailers.
-struct Tracked {
+/// A body forwarded frame by frame, with `watch` seeing each frame and living exactly as long as
+/// the body: what it holds (a pool slot, a request record) is let go when the body is finished
+/// or dropped.
+struct Watched<W: Watch> {
     inner: RespBody,
-    record: Option<RequestRecord>,
-    start: Instant,
-    request_bytes: Arc<AtomicU64>,
+    watch: W,
 }
 
-impl Body for Tracked {
+/// What a [`Watched`] body does besides forwarding.
+trait Watch: Unpin + Send + Sync + 'static {
+    /// Sees each frame as it is forwarded.
+    fn frame(&mut self, _frame: &Frame<Bytes>) {}
+    /// Runs when the body is dropped, before the inner body is.
+    fn done(&mut self) {}
+}
+
+impl<W: Watch> Body for Watched<W> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -264,22 +271,7 @@ impl Body for Tracked {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let r = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(f))) = &r {
-            let (n, status) = match (f.data_ref(), f.trailers_ref()) {
-                (Some(d), _) => (d.len() as u64, None),
-                (_, Some(t)) => (
-                    0,
-                    t.get("grpc-status")
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_string),
-                ),
-                _ => (0, None),
-            };
-            if let Some(rec) = self.record.as_mut() {
-                rec.response_bytes += n;
-                if let Some(s) = status {
-                    rec.grpc_response_status = s;
-                }
-            }
+            self.watch.frame(f);
         }
         r
     }
@@ -293,8 +285,41 @@ impl Body for Tracked {
     }
 }
 
-impl Drop for Tracked {
+impl<W: Watch> Drop for Watched<W> {
     fn drop(&mut self) {
+        self.watch.done();
+    }
+}
+
+/// Completes the record when the response body is finished (or dropped): counts bytes and
+/// picks up `grpc-status` from trailers.
+struct Tracker {
+    record: Option<RequestRecord>,
+    start: Instant,
+    request_bytes: Arc<AtomicU64>,
+}
+
+impl Watch for Tracker {
+    fn frame(&mut self, f: &Frame<Bytes>) {
+        let (n, status) = match (f.data_ref(), f.trailers_ref()) {
+            (Some(d), _) => (d.len() as u64, None),
+            (_, Some(t)) => (
+                0,
+                t.get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string),
+            ),
+            _ => (0, None),
+        };
+        if let Some(rec) = self.record.as_mut() {
+            rec.response_bytes += n;
+            if let Some(s) = status {
+                rec.grpc_response_status = s;
+            }
+        }
+    }
+
+    fn done(&mut self) {
         if let Some(mut rec) = self.record.take() {
             rec.duration = self.start.elapsed();
             rec.request_bytes = self.request_bytes.load(Ordering::Relaxed);
@@ -303,55 +328,17 @@ impl Drop for Tracked {
     }
 }
 
-/// A body that keeps `_guard` (a connection-pool slot) until the body is finished or dropped.
-struct Holding<G> {
-    inner: RespBody,
-    _guard: G,
-}
-
-impl<G: Unpin + Send + Sync + 'static> Body for Holding<G> {
-    type Data = Bytes;
-    type Error = BoxError;
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
+/// A connection-pool slot, kept until the response body is finished or dropped.
+impl Watch for routes::pool::Admitted {}
 
 /// Counts request body bytes as they are forwarded.
-struct Counting {
-    inner: BoxBody<Bytes, BoxError>,
-    count: Arc<AtomicU64>,
-}
+struct CountBytes(Arc<AtomicU64>);
 
-impl Body for Counting {
-    type Data = Bytes;
-    type Error = BoxError;
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let r = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(f))) = &r {
-            if let Some(d) = f.data_ref() {
-                self.count.fetch_add(d.len() as u64, Ordering::Relaxed);
-            }
+impl Watch for CountBytes {
+    fn frame(&mut self, f: &Frame<Bytes>) {
+        if let Some(d) = f.data_ref() {
+            self.0.fetch_add(d.len() as u64, Ordering::Relaxed);
         }
-        r
-    }
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 
@@ -372,11 +359,13 @@ fn respond(
         rec.grpc_response_status = s.to_string();
     }
     let (parts, body) = resp.into_parts();
-    let tracked = Tracked {
+    let tracked = Watched {
         inner: body,
-        record: Some(rec),
-        start,
-        request_bytes,
+        watch: Tracker {
+            record: Some(rec),
+            start,
+            request_bytes,
+        },
     };
     resp = Response::from_parts(parts, tracked.boxed());
     resp
@@ -630,9 +619,9 @@ async fn handle_request(ctx: Arc<StreamCtx>, mut req: Request<Incoming>) -> Resp
             }
         }
     } else {
-        let counting = Counting {
+        let counting = Watched {
             inner: body.map_err(|e| Box::new(e) as BoxError).boxed(),
-            count: request_bytes.clone(),
+            watch: CountBytes(request_bytes.clone()),
         };
         (None, Some(counting.boxed()))
     };
@@ -697,9 +686,9 @@ async fn handle_request(ctx: Arc<StreamCtx>, mut req: Request<Incoming>) -> Resp
         break match outcome {
             Ok((r, admitted)) => {
                 let (p, b) = r.into_parts();
-                let body = Holding {
+                let body = Watched {
                     inner: b.map_err(|e| Box::new(e) as BoxError).boxed(),
-                    _guard: admitted,
+                    watch: admitted,
                 };
                 (
                     Response::from_parts(p, body.boxed()),

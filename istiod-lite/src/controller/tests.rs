@@ -145,7 +145,8 @@ async fn leader_run_publishes_leadership_and_steps_down_on_shutdown() {
     );
 }
 
-fn settings() -> WaypointSettings {
+/// Settings of a waypoint controller (also what the root-cert tests run one with).
+pub(super) fn waypoint_settings() -> WaypointSettings {
     WaypointSettings {
         image: "registry.example/waypoint:1".into(),
         xds_address: "https://istiod.istio-system.svc:15012".into(),
@@ -200,7 +201,7 @@ fn echo_api() -> (kube::Client, fake::Log) {
 #[tokio::test]
 async fn controller_applies_owned_objects_and_writes_status() {
     let (client, log) = echo_api();
-    let c = WaypointController::new(client, settings());
+    let c = WaypointController::new(client, waypoint_settings());
     let gw: DynamicObject =
         serde_json::from_value(gateway("waypoint", "istio-waypoint", json!({}))).unwrap();
     c.reconcile(&gw).await.unwrap();
@@ -308,7 +309,7 @@ async fn controller_reports_apply_failure_in_status() {
         ),
         _ => Reply::Json(200, r.body.clone()),
     });
-    let c = WaypointController::new(client, settings());
+    let c = WaypointController::new(client, waypoint_settings());
     let gw: DynamicObject =
         serde_json::from_value(gateway("waypoint", "istio-waypoint", json!({}))).unwrap();
     let err = c.reconcile(&gw).await.unwrap_err().to_string();
@@ -322,7 +323,7 @@ async fn controller_reports_apply_failure_in_status() {
 #[tokio::test]
 async fn controller_writes_only_while_leader() {
     let (client, log) = echo_api();
-    let c = WaypointController::new(client, settings());
+    let c = WaypointController::new(client, waypoint_settings());
     let (leader_tx, leader_rx) = watch::channel(false);
     let (_stop_tx, stop_rx) = watch::channel(false);
     let task = tokio::spawn(c.run(leader_rx, stop_rx));

@@ -11,6 +11,8 @@ pub mod waypoint;
 pub mod workload;
 
 #[cfg(test)]
+mod test_fixtures;
+#[cfg(test)]
 mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -586,46 +586,17 @@ fn grpc_rule(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::parse_file;
+    use crate::model::test_fixtures::{
+        ambient_app_yaml, cfg, echo_pods_yaml, params, waypoint_pod_yaml,
+    };
 
-    fn cfg(yaml: &str) -> ConfigSnapshot {
-        let p = parse_file(std::path::Path::new("t.yaml"), yaml);
-        assert!(p.errors.is_empty(), "{:?}", p.errors);
-        ConfigSnapshot::from_objects(&p.objects)
-    }
-
-    fn params() -> ModelParams {
-        ModelParams {
-            trust_domain: "cluster.local".into(),
-            cluster_id: "Kubernetes".into(),
-            root_namespace: "istio-system".into(),
-        }
-    }
-
-    const BASE: &str = r#"
-kind: Namespace
-metadata: {name: app, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: waypoint}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: waypoint, namespace: app}
-spec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}
----
-kind: Pod
-metadata: {name: wp-0, namespace: app, labels: {gateway.networking.k8s.io/gateway-name: waypoint}}
-spec: {serviceAccountName: waypoint, nodeName: n1}
-status: {podIP: 10.0.0.9}
----
-kind: Pod
-metadata: {name: echo-v1, namespace: app, labels: {app: echo, version: v1}}
-spec: {serviceAccountName: echo, nodeName: n1}
-status: {podIP: 10.0.0.1}
----
-kind: Pod
-metadata: {name: echo-v2, namespace: app, labels: {app: echo, version: v2}}
-spec: {serviceAccountName: echo, nodeName: n1}
-status: {podIP: 10.0.0.2}
----
+    const BASE: &str = concat!(
+        ambient_app_yaml!(),
+        "---\n",
+        waypoint_pod_yaml!(),
+        "---\n",
+        echo_pods_yaml!(),
+        r#"---
 kind: Service
 metadata: {name: echo, namespace: app}
 spec: {clusterIP: 10.1.0.1, selector: {app: echo}, ports: [{name: http, port: 80, targetPort: 8080}]}
@@ -637,7 +608,8 @@ spec: {clusterIP: 10.1.0.2, selector: {app: echo, version: v2}, ports: [{name: h
 kind: Service
 metadata: {name: plain, namespace: app, labels: {istio.io/use-waypoint: none}}
 spec: {clusterIP: 10.1.0.3, selector: {app: echo}, ports: [{port: 90}]}
-"#;
+"#
+    );
 
     #[test]
     fn services_of_the_waypoint_get_routes_with_endpoints() {

@@ -82,13 +82,18 @@ pub fn resolve_port(svc: &Service, port: &ServicePort, pod: Option<&Pod>) -> Opt
             }
         },
     };
+    Some(xds_port(port, target))
+}
+
+/// Service port `port` served on `target`, with its protocol.
+fn xds_port(port: &ServicePort, target: u16) -> Port {
     let mut p = Port {
         service_port: u32::from(port.port),
         target_port: u32::from(target),
         ..Default::default()
     };
     p.set_app_protocol(app_protocol(port));
-    Some(p)
+    p
 }
 
 /// Translates one Service.
@@ -172,13 +177,7 @@ pub fn slice_ports(svc: &Service, slice: &EndpointSlice) -> Vec<Port> {
                 .ports
                 .iter()
                 .find(|p| p.name.as_deref().unwrap_or("") == name)?;
-            let mut p = Port {
-                service_port: u32::from(port.port),
-                target_port: u32::from(target),
-                ..Default::default()
-            };
-            p.set_app_protocol(app_protocol(port));
-            Some(p)
+            Some(xds_port(port, target))
         })
         .collect()
 }

@@ -108,6 +108,21 @@ fn backend_of(s: &pb::ServiceRoutes, pod: &str) -> Arc<Backend> {
     svc.ports[&80].default_rule.backends[0].clone()
 }
 
+/// The default backend of service `name` (with outlier detection) as waypoint pod `pod` has it.
+fn backend(name: &str, eps: &[(u8, &str)], lb: pb::LoadBalancer, pod: &str) -> Arc<Backend> {
+    backend_of(&service(name, eps, lb, true), pod)
+}
+
+/// Round robin within a level, with the `failover` region mapping.
+fn round_robin(failover: &[(&str, &str)]) -> pb::LoadBalancer {
+    failover_lb(pb::load_balancer::Simple::RoundRobin, failover)
+}
+
+/// Picks per workload, as [`picks`] counts them.
+fn counts(c: &[(&str, u32)]) -> HashMap<String, u32> {
+    c.iter().map(|(w, n)| (w.to_string(), *n)).collect()
+}
+
 /// Workload names of `n` picks, each finished with `outcome(workload)`.
 fn picks(b: &Backend, n: usize, outcome: impl Fn(&str) -> Outcome) -> HashMap<String, u32> {
     let mut m = HashMap::new();
@@ -132,24 +147,12 @@ fn all_traffic_stays_in_the_best_level_of_the_waypoint_replica() {
         (3, "us-east/zone-b/rack-1"),
         (4, "eu-west/zone-x/"),
     ];
-    let s = service(
-        "loc-levels",
-        &eps,
-        failover_lb(pb::load_balancer::Simple::RoundRobin, &[]),
-        true,
-    );
     // wp-0 (us-east/zone-a/rack-1): only the same-subzone endpoint.
-    let b = backend_of(&s, "wp-0");
-    assert_eq!(picks(&b, 50, ok), HashMap::from([("ep1".to_string(), 50)]));
+    let b = backend("loc-levels", &eps, round_robin(&[]), "wp-0");
+    assert_eq!(picks(&b, 50, ok), counts(&[("ep1", 50)]));
     // wp-1 (eu-west/zone-x) prefers its own region's endpoint: priorities are per replica.
-    let s = service(
-        "loc-levels-eu",
-        &eps,
-        failover_lb(pb::load_balancer::Simple::RoundRobin, &[]),
-        true,
-    );
-    let b = backend_of(&s, "wp-1");
-    assert_eq!(picks(&b, 50, ok), HashMap::from([("ep4".to_string(), 50)]));
+    let b = backend("loc-levels-eu", &eps, round_robin(&[]), "wp-1");
+    assert_eq!(picks(&b, 50, ok), counts(&[("ep4", 50)]));
 }
 
 #[test]
@@ -160,22 +163,13 @@ fn an_ejected_local_level_fails_over_to_the_next_and_the_algorithm_works_within_
         (3, "us-east/zone-b/rack-2"),
         (4, "eu-west/zone-x/"),
     ];
-    let s = service(
-        "loc-failover",
-        &eps,
-        failover_lb(pb::load_balancer::Simple::RoundRobin, &[]),
-        true,
-    );
-    let b = backend_of(&s, "wp-0");
+    let b = backend("loc-failover", &eps, round_robin(&[]), "wp-0");
     // ep1 answers 5xx twice in a row: ejected, and traffic moves to zone-b (not eu-west),
     // round robin over both of its endpoints.
     let seen = picks(&b, 2, |_| Outcome::Status(503));
-    assert_eq!(seen, HashMap::from([("ep1".to_string(), 2)]));
+    assert_eq!(seen, counts(&[("ep1", 2)]));
     let after = picks(&b, 40, ok);
-    assert_eq!(
-        after,
-        HashMap::from([("ep2".to_string(), 20), ("ep3".to_string(), 20)])
-    );
+    assert_eq!(after, counts(&[("ep2", 20), ("ep3", 20)]));
     // zone-b fails too. Once one of its two endpoints is ejected, 30 % of the traffic already
     // spills to the last level (1.4 × 50 % healthy); once both are, eu-west takes it all.
     let zone_b_down = |w: &str| {
@@ -187,7 +181,7 @@ fn an_ejected_local_level_fails_over_to_the_next_and_the_algorithm_works_within_
     };
     let seen = picks(&b, 40, zone_b_down);
     assert!(seen.get("ep4").is_some_and(|n| *n > 0), "{seen:?}");
-    assert_eq!(picks(&b, 10, ok), HashMap::from([("ep4".to_string(), 10)]));
+    assert_eq!(picks(&b, 10, ok), counts(&[("ep4", 10)]));
 }
 
 #[test]
@@ -196,55 +190,25 @@ fn without_locality_lb_every_endpoint_gets_traffic() {
     let eps = [(1, "us-east/zone-a/rack-1"), (2, "eu-west/zone-x/")];
     let mut lb = pb::LoadBalancer::default();
     lb.set_simple(pb::load_balancer::Simple::RoundRobin);
-    let s = service("loc-off", &eps, lb, true);
-    let b = backend_of(&s, "wp-0");
+    let b = backend("loc-off", &eps, lb, "wp-0");
     assert!(b.cluster.plan.is_none());
-    assert_eq!(
-        picks(&b, 20, ok),
-        HashMap::from([("ep1".to_string(), 10), ("ep2".to_string(), 10)])
-    );
+    assert_eq!(picks(&b, 20, ok), counts(&[("ep1", 10), ("ep2", 10)]));
 }
 
 #[test]
 fn the_failover_mapping_picks_the_region_to_fail_over_to() {
     // Nothing in us-east: with `us-east -> ap-south`, ap-south comes before eu-west.
     let eps = [(1, "eu-west/zone-x/"), (2, "ap-south/zone-p/")];
-    let s = service(
-        "loc-mapping",
-        &eps,
-        failover_lb(
-            pb::load_balancer::Simple::RoundRobin,
-            &[("us-east", "ap-south")],
-        ),
-        true,
-    );
-    let b = backend_of(&s, "wp-0");
-    assert_eq!(picks(&b, 20, ok), HashMap::from([("ep2".to_string(), 20)]));
+    let mapping = [("us-east", "ap-south")];
+    let b = backend("loc-mapping", &eps, round_robin(&mapping), "wp-0");
+    assert_eq!(picks(&b, 20, ok), counts(&[("ep2", 20)]));
     // Without the mapping both are "another region": shared.
-    let s = service(
-        "loc-nomapping",
-        &eps,
-        failover_lb(pb::load_balancer::Simple::RoundRobin, &[]),
-        true,
-    );
-    let b = backend_of(&s, "wp-0");
-    assert_eq!(
-        picks(&b, 20, ok),
-        HashMap::from([("ep1".to_string(), 10), ("ep2".to_string(), 10)])
-    );
+    let b = backend("loc-nomapping", &eps, round_robin(&[]), "wp-0");
+    assert_eq!(picks(&b, 20, ok), counts(&[("ep1", 10), ("ep2", 10)]));
     // ap-south ejected: eu-west after all.
-    let s = service(
-        "loc-mapping-ejected",
-        &eps,
-        failover_lb(
-            pb::load_balancer::Simple::RoundRobin,
-            &[("us-east", "ap-south")],
-        ),
-        true,
-    );
-    let b = backend_of(&s, "wp-0");
+    let b = backend("loc-mapping-ejected", &eps, round_robin(&mapping), "wp-0");
     picks(&b, 2, |_| Outcome::Status(500));
-    assert_eq!(picks(&b, 10, ok), HashMap::from([("ep1".to_string(), 10)]));
+    assert_eq!(picks(&b, 10, ok), counts(&[("ep1", 10)]));
 }
 
 #[test]
@@ -254,13 +218,8 @@ fn least_request_and_ring_hash_choose_within_the_level() {
         (2, "us-east/zone-a/rack-1"),
         (3, "eu-west/zone-x/"),
     ];
-    let s = service(
-        "loc-lr",
-        &eps,
-        failover_lb(pb::load_balancer::Simple::LeastRequest, &[]),
-        true,
-    );
-    let b = backend_of(&s, "wp-0");
+    let lb = failover_lb(pb::load_balancer::Simple::LeastRequest, &[]);
+    let b = backend("loc-lr", &eps, lb, "wp-0");
     // A request held on one local endpoint: the other local one takes the next, never eu-west.
     let held = b.cluster.pick(None).unwrap();
     for _ in 0..30 {
@@ -271,13 +230,12 @@ fn least_request_and_ring_hash_choose_within_the_level() {
     }
     drop(held);
 
-    let mut lb = failover_lb(pb::load_balancer::Simple::RoundRobin, &[]);
+    let mut lb = round_robin(&[]);
     lb.consistent_hash = Some(pb::ConsistentHash {
         key: Some(pb::consistent_hash::Key::HttpHeaderName("x-user".into())),
         minimum_ring_size: 1024,
     });
-    let s = service("loc-ring", &eps, lb, true);
-    let b = backend_of(&s, "wp-0");
+    let b = backend("loc-ring", &eps, lb, "wp-0");
     let peer: IpAddr = "10.9.9.9".parse().unwrap();
     let mut used = HashSet::new();
     for u in 0..40 {
@@ -343,7 +301,7 @@ fn an_unlisted_pod_has_no_locality_and_the_dump_shows_the_own_one() {
     let s = service(
         "loc-unknown",
         &[(1, "us-east/zone-a/rack-1")],
-        failover_lb(pb::load_balancer::Simple::RoundRobin, &[]),
+        round_robin(&[]),
         true,
     );
     assert_eq!(

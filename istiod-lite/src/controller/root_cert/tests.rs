@@ -580,20 +580,10 @@ fn default_skips_istios_namespaces_but_not_kube_system() {
 /// Waypoint Deployments read their root from what this controller publishes.
 #[tokio::test]
 async fn waypoints_mount_the_published_configmap() {
-    use crate::controller::waypoint::{WaypointController, WaypointSettings};
+    use crate::controller::tests::waypoint_settings;
+    use crate::controller::waypoint::WaypointController;
     let (client, _log) = fake::client(|r| panic!("unexpected {r:?}"));
-    let c = WaypointController::new(
-        client,
-        WaypointSettings {
-            image: "waypoint:1".into(),
-            xds_address: "https://istiod.istio-system.svc:15012".into(),
-            trust_domain: "cluster.local".into(),
-            cluster_id: "Kubernetes".into(),
-            token_audience: "istio-ca".into(),
-            cluster_domain: "cluster.local".into(),
-            resync: Duration::from_secs(300),
-        },
-    );
+    let c = WaypointController::new(client, waypoint_settings());
     let gw = serde_json::from_value(
         json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
         "metadata": {"name": "waypoint", "namespace": "app", "uid": "u1"},

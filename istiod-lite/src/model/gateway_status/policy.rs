@@ -53,32 +53,26 @@ pub struct PolicyRefs {
 impl PolicyRefs {
     /// Of a valid AuthorizationPolicy.
     pub fn of_authorization(p: &AuthorizationPolicy) -> Self {
-        PolicyRefs {
-            kind: "AuthorizationPolicy",
-            namespace: p.metadata.ns().to_string(),
-            target_refs: p
-                .spec
-                .target_ref
-                .iter()
-                .chain(&p.spec.target_refs)
-                .cloned()
-                .collect(),
-            invalid: None,
-        }
+        let targets = p.spec.target_ref.iter().chain(&p.spec.target_refs);
+        Self::of_valid("AuthorizationPolicy", p.metadata.ns(), targets)
     }
 
     /// Of a valid RequestAuthentication.
     pub fn of_request_authentication(p: &RequestAuthentication) -> Self {
+        let targets = p.spec.target_ref.iter().chain(&p.spec.target_refs);
+        Self::of_valid("RequestAuthentication", p.metadata.ns(), targets)
+    }
+
+    /// Of a valid policy of either kind in `namespace` (`targets`: targetRef, then targetRefs).
+    fn of_valid<'a>(
+        kind: &'static str,
+        namespace: &str,
+        targets: impl Iterator<Item = &'a PolicyTargetReference>,
+    ) -> Self {
         PolicyRefs {
-            kind: "RequestAuthentication",
-            namespace: p.metadata.ns().to_string(),
-            target_refs: p
-                .spec
-                .target_ref
-                .iter()
-                .chain(&p.spec.target_refs)
-                .cloned()
-                .collect(),
+            kind,
+            namespace: namespace.to_string(),
+            target_refs: targets.cloned().collect(),
             invalid: None,
         }
     }

@@ -25,7 +25,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::Condition;
-use crate::source::gateway::{GrpcRoute, HttpRoute, ObjectRef, GATEWAY_GROUP};
+use crate::source::gateway::{GrpcRoute, HttpRoute, ObjectRef, RouteFilter, GATEWAY_GROUP};
 use crate::source::{ConfigSnapshot, ObjectKey};
 
 /// `controllerName` of the parent entries istiod-lite writes (Istio's, so tools that look for
@@ -69,36 +69,35 @@ pub struct RouteRefs {
 impl RouteRefs {
     /// Of a valid HTTPRoute.
     pub fn of_http(r: &HttpRoute) -> Self {
-        let rules = &r.spec.rules;
-        RouteRefs {
-            namespace: r.metadata.ns().to_string(),
-            parent_refs: r.spec.parent_refs.clone(),
-            backend_refs: rules
-                .iter()
-                .flat_map(|rule| {
-                    rule.backend_refs.iter().chain(
-                        rule.filters
-                            .iter()
-                            .filter_map(|f| f.request_mirror.as_ref().map(|m| &m.backend_ref)),
-                    )
-                })
-                .cloned()
-                .collect(),
-            invalid: None,
-        }
+        Self::of_valid(r.metadata.ns(), &r.spec.parent_refs, &r.spec.rules, |x| {
+            (&x.backend_refs, &x.filters)
+        })
     }
 
     /// Of a valid GRPCRoute.
     pub fn of_grpc(r: &GrpcRoute) -> Self {
-        let rules = &r.spec.rules;
+        Self::of_valid(r.metadata.ns(), &r.spec.parent_refs, &r.spec.rules, |x| {
+            (&x.backend_refs, &x.filters)
+        })
+    }
+
+    /// Of a valid route of either kind in `namespace`; `refs` gives a rule's backendRefs and
+    /// filters (whose RequestMirror backends count too).
+    fn of_valid<R>(
+        namespace: &str,
+        parent_refs: &[ObjectRef],
+        rules: &[R],
+        refs: impl Fn(&R) -> (&[ObjectRef], &[RouteFilter]),
+    ) -> Self {
         RouteRefs {
-            namespace: r.metadata.ns().to_string(),
-            parent_refs: r.spec.parent_refs.clone(),
+            namespace: namespace.to_string(),
+            parent_refs: parent_refs.to_vec(),
             backend_refs: rules
                 .iter()
-                .flat_map(|rule| {
-                    rule.backend_refs.iter().chain(
-                        rule.filters
+                .map(refs)
+                .flat_map(|(backend_refs, filters)| {
+                    backend_refs.iter().chain(
+                        filters
                             .iter()
                             .filter_map(|f| f.request_mirror.as_ref().map(|m| &m.backend_ref)),
                     )
@@ -208,25 +207,16 @@ pub fn waypoint_parent_problem(
 fn accepted(cfg: &ConfigSnapshot, r: &RouteRefs, p: &ObjectRef) -> Option<Condition> {
     let ns = p.namespace.as_deref().unwrap_or(&r.namespace);
     let problem = if p.is_service("Gateway") {
-        match cfg.services.get(&ObjectKey::new(ns, p.name.clone())) {
-            _ if ns != r.namespace => Some((
+        if ns != r.namespace {
+            Some((
                 reason::UNSUPPORTED_VALUE,
                 format!(
                     "Service {ns}/{} is in another namespace than the route: consumer routes are not supported yet",
                     p.name
                 ),
-            )),
-            None => Some((
-                reason::NO_MATCHING_PARENT,
-                format!("Service {ns}/{} not found", p.name),
-            )),
-            Some(svc) => match p.port {
-                Some(port) if !svc.spec.ports.iter().any(|sp| sp.port == port) => Some((
-                    reason::NO_MATCHING_PARENT,
-                    format!("Service {ns}/{} has no port {port}", p.name),
-                )),
-                _ => None,
-            },
+            ))
+        } else {
+            missing_service(cfg, ns, p, reason::NO_MATCHING_PARENT)
         }
     } else if p.is_gateway() {
         // Only waypoints are ours; another class's Gateway has its own controller.
@@ -259,6 +249,26 @@ fn accepted(cfg: &ConfigSnapshot, r: &RouteRefs, p: &ObjectRef) -> Option<Condit
             message,
         },
     })
+}
+
+/// When the Service `r` names in `ns`, or the `port` it names, does not exist: `reason` and
+/// what is missing.
+fn missing_service(
+    cfg: &ConfigSnapshot,
+    ns: &str,
+    r: &ObjectRef,
+    reason: &'static str,
+) -> Option<(&'static str, String)> {
+    match cfg.services.get(&ObjectKey::new(ns, r.name.clone())) {
+        None => Some((reason, format!("Service {ns}/{} not found", r.name))),
+        Some(svc) => match r.port {
+            Some(port) if !svc.spec.ports.iter().any(|sp| sp.port == port) => Some((
+                reason,
+                format!("Service {ns}/{} has no port {port}", r.name),
+            )),
+            _ => None,
+        },
+    }
 }
 
 fn describe(b: &ObjectRef) -> String {
@@ -295,19 +305,7 @@ fn resolved_refs(cfg: &ConfigSnapshot, r: &RouteRefs) -> Condition {
                 ),
             ))
         } else {
-            match cfg.services.get(&ObjectKey::new(ns, b.name.clone())) {
-                None => Some((
-                    reason::BACKEND_NOT_FOUND,
-                    format!("Service {ns}/{} not found", b.name),
-                )),
-                Some(svc) => match b.port {
-                    Some(port) if !svc.spec.ports.iter().any(|sp| sp.port == port) => Some((
-                        reason::BACKEND_NOT_FOUND,
-                        format!("Service {ns}/{} has no port {port}", b.name),
-                    )),
-                    _ => None,
-                },
-            }
+            missing_service(cfg, ns, b, reason::BACKEND_NOT_FOUND)
         };
         if let Some(p) = problem {
             if !problems.contains(&p) {

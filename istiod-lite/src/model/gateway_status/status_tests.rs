@@ -6,18 +6,18 @@ use serde_json::json;
 use super::policy::{reason as preason, waypoint_accepted, PolicyRefs};
 use super::route::{parent_statuses, reason, route_statuses, RouteRefs, CONTROLLER_NAME};
 use super::Condition;
-use crate::model::{routes, ModelParams};
-use crate::source::{parse_file, ConfigSnapshot, ObjectKey};
+use crate::model::routes;
+use crate::model::test_fixtures::{self, params, waypoint_gateway_yaml};
+use crate::source::{ConfigSnapshot, ObjectKey};
 
-const BASE: &str = r#"
+const BASE: &str = concat!(
+    r#"
 kind: Namespace
 metadata: {name: app}
 ---
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: waypoint, namespace: app}
-spec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}
----
+"#,
+    waypoint_gateway_yaml!(),
+    r#"---
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
 metadata: {name: ingress, namespace: app}
@@ -34,15 +34,12 @@ spec: {clusterIP: 10.1.0.2, selector: {app: plain}, ports: [{name: http, port: 8
 kind: Service
 metadata: {name: other, namespace: team-b, labels: {istio.io/use-waypoint: waypoint}}
 spec: {clusterIP: 10.1.0.3, selector: {app: other}, ports: [{name: http, port: 80}]}
-"#;
+"#
+);
 
+/// `BASE` and `extra`.
 fn cfg(extra: &str) -> ConfigSnapshot {
-    let parsed = parse_file(
-        std::path::Path::new("t.yaml"),
-        &format!("{BASE}---\n{extra}"),
-    );
-    assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
-    ConfigSnapshot::from_objects(&parsed.objects)
+    test_fixtures::cfg(&format!("{BASE}---\n{extra}"))
 }
 
 fn route(ns: &str, parents: &str, backends: &str) -> String {
@@ -188,13 +185,8 @@ fn waypoint_parents_follow_listeners_and_namespaces_and_routes_agree() {
     );
 
     // The translation attaches exactly the Accepted ones.
-    let params = ModelParams {
-        trust_domain: "cluster.local".into(),
-        cluster_id: "Kubernetes".into(),
-        root_namespace: "istio-system".into(),
-    };
     let rules = |c: &ConfigSnapshot| -> usize {
-        routes::translate(c, &params)[&ObjectKey::new("app", "waypoint")]
+        routes::translate(c, &params())[&ObjectKey::new("app", "waypoint")]
             .iter()
             .map(|(_, r)| r.ports.iter().map(|p| p.rules.len()).sum::<usize>())
             .sum()

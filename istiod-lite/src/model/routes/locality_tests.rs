@@ -2,22 +2,8 @@
 //! waypoint's routes; DestinationRule `localityLbSetting` into the backend's load balancer.
 
 use super::*;
-use crate::source::parse_file;
+use crate::model::test_fixtures::{ambient_app_yaml, cfg, params, waypoint_pod_yaml};
 use mesh_proto::route::{LocalityDistribute, LocalityFailover, LocalityWeight};
-
-fn cfg(yaml: &str) -> ConfigSnapshot {
-    let p = parse_file(std::path::Path::new("t.yaml"), yaml);
-    assert!(p.errors.is_empty(), "{:?}", p.errors);
-    ConfigSnapshot::from_objects(&p.objects)
-}
-
-fn params() -> ModelParams {
-    ModelParams {
-        trust_domain: "cluster.local".into(),
-        cluster_id: "Kubernetes".into(),
-        root_namespace: "istio-system".into(),
-    }
-}
 
 fn loc(region: &str, zone: &str, subzone: &str) -> route::Locality {
     route::Locality {
@@ -27,7 +13,8 @@ fn loc(region: &str, zone: &str, subzone: &str) -> route::Locality {
     }
 }
 
-const BASE: &str = r#"
+const BASE: &str = concat!(
+    r#"
 apiVersion: v1
 kind: Node
 metadata:
@@ -41,19 +28,11 @@ metadata:
   namespace: ignored
   labels: {failure-domain.beta.kubernetes.io/region: us-east, failure-domain.beta.kubernetes.io/zone: zone-b}
 ---
-kind: Namespace
-metadata: {name: app, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: waypoint}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: waypoint, namespace: app}
-spec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}
----
-kind: Pod
-metadata: {name: wp-0, namespace: app, labels: {gateway.networking.k8s.io/gateway-name: waypoint}}
-spec: {serviceAccountName: waypoint, nodeName: n1}
-status: {podIP: 10.0.0.9}
----
+"#,
+    ambient_app_yaml!(),
+    "---\n",
+    waypoint_pod_yaml!(),
+    r#"---
 kind: Pod
 metadata: {name: wp-1, namespace: app, labels: {gateway.networking.k8s.io/gateway-name: waypoint}}
 spec: {serviceAccountName: waypoint, nodeName: n3}
@@ -77,7 +56,8 @@ status: {podIP: 10.0.0.3}
 kind: Service
 metadata: {name: echo, namespace: app}
 spec: {clusterIP: 10.1.0.1, selector: {app: echo}, ports: [{name: http, port: 80, targetPort: 8080}, {name: http-alt, port: 81, targetPort: 8081}]}
-"#;
+"#
+);
 
 #[test]
 fn node_labels_and_the_pod_subzone_give_workload_and_endpoint_localities() {

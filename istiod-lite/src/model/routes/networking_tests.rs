@@ -1,42 +1,14 @@
 //! VirtualService / DestinationRule / RequestMirror translation into ServiceRoutes.
 
 use super::*;
-use crate::source::parse_file;
+use crate::model::test_fixtures::{ambient_app_yaml, cfg, echo_pods_yaml, params};
 use mesh_proto::route::{consistent_hash, load_balancer};
 
-fn cfg(yaml: &str) -> ConfigSnapshot {
-    let p = parse_file(std::path::Path::new("t.yaml"), yaml);
-    assert!(p.errors.is_empty(), "{:?}", p.errors);
-    ConfigSnapshot::from_objects(&p.objects)
-}
-
-fn params() -> ModelParams {
-    ModelParams {
-        trust_domain: "cluster.local".into(),
-        cluster_id: "Kubernetes".into(),
-        root_namespace: "istio-system".into(),
-    }
-}
-
-const BASE: &str = r#"
-kind: Namespace
-metadata: {name: app, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: waypoint}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: waypoint, namespace: app}
-spec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}
----
-kind: Pod
-metadata: {name: echo-v1, namespace: app, labels: {app: echo, version: v1}}
-spec: {serviceAccountName: echo, nodeName: n1}
-status: {podIP: 10.0.0.1}
----
-kind: Pod
-metadata: {name: echo-v2, namespace: app, labels: {app: echo, version: v2}}
-spec: {serviceAccountName: echo, nodeName: n1}
-status: {podIP: 10.0.0.2}
----
+const BASE: &str = concat!(
+    ambient_app_yaml!(),
+    "---\n",
+    echo_pods_yaml!(),
+    r#"---
 kind: Service
 metadata: {name: echo, namespace: app}
 spec: {clusterIP: 10.1.0.1, selector: {app: echo}, ports: [{name: http, port: 80, targetPort: 8080}, {name: http-admin, port: 81, targetPort: 8081}]}
@@ -61,7 +33,8 @@ spec:
     trafficPolicy:
       loadBalancer: {consistentHash: {httpHeaderName: x-user}}
       outlierDetection: {consecutive5xxErrors: 3, baseEjectionTime: 2s}
-"#;
+"#
+);
 
 const VS: &str = r#"
 ---

@@ -7,26 +7,23 @@ use mesh_proto::workload::{
 use mesh_proto::ADDRESS_TYPE_URL;
 use prost::Message;
 
+use crate::model::test_fixtures::{cfg, params_in, waypoint_gateway_yaml};
 use crate::model::{build, routes, ModelParams};
-use crate::source::{parse_file, ConfigSnapshot, ObjectKey};
+use crate::source::{ConfigSnapshot, ObjectKey};
 
+/// The identities below are asserted in trust domain `example.org`.
 fn params() -> ModelParams {
-    ModelParams {
-        trust_domain: "example.org".into(),
-        cluster_id: "Kubernetes".into(),
-        root_namespace: "istio-system".into(),
-    }
+    params_in("example.org")
 }
 
-const BASE: &str = r#"
+const BASE: &str = concat!(
+    r#"
 kind: Namespace
 metadata: {name: app, labels: {istio.io/dataplane-mode: ambient}}
 ---
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: waypoint, namespace: app}
-spec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}
----
+"#,
+    waypoint_gateway_yaml!(),
+    r#"---
 kind: Service
 metadata: {name: db, namespace: app, labels: {istio.io/use-waypoint: waypoint}}
 spec:
@@ -46,7 +43,8 @@ kind: Pod
 metadata: {name: web-0, namespace: app, labels: {app: web}}
 spec: {nodeName: n1}
 status: {podIP: 10.0.0.6}
-"#;
+"#
+);
 
 /// The slice of `db`: a pod endpoint, a ready and an unready address endpoint, an endpoint
 /// naming a pod nobody has; port `sql` on 5433 (not the Service's targetPort 1111), a UDP port.
@@ -93,12 +91,6 @@ addressType: IPv4
 endpoints: [{addresses: [192.168.9.8]}]
 ports: [{name: sql, port: 5432}]
 "#;
-
-fn cfg(yaml: &str) -> ConfigSnapshot {
-    let parsed = parse_file(std::path::Path::new("t.yaml"), yaml);
-    assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
-    ConfigSnapshot::from_objects(&parsed.objects)
-}
 
 fn workloads(c: &ConfigSnapshot) -> Vec<Workload> {
     let snap = build(c, &params(), None, 1);
