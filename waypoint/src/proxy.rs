@@ -328,8 +328,14 @@ impl Watch for Tracker {
     }
 }
 
-/// A connection-pool slot, kept until the response body is finished or dropped.
-impl Watch for routes::pool::Admitted {}
+/// What a request holds upstream while its response body flows: its connection-pool slot and
+/// its endpoint's in-flight count.
+struct InFlight {
+    _slot: routes::pool::Admitted,
+    _endpoint: routes::cluster::Picked,
+}
+
+impl Watch for InFlight {}
 
 /// Counts request body bytes as they are forwarded.
 struct CountBytes(Arc<AtomicU64>);
@@ -684,11 +690,11 @@ async fn handle_request(ctx: Arc<StreamCtx>, mut req: Request<Incoming>) -> Resp
             }
         }
         break match outcome {
-            Ok((r, admitted)) => {
+            Ok((r, in_flight)) => {
                 let (p, b) = r.into_parts();
                 let body = Watched {
                     inner: b.map_err(|e| Box::new(e) as BoxError).boxed(),
-                    watch: admitted,
+                    watch: in_flight,
                 };
                 (
                     Response::from_parts(p, body.boxed()),
@@ -742,7 +748,7 @@ async fn attempt_once(
     body: RespBody,
     deadline: Option<Instant>,
     rec: &mut RequestRecord,
-) -> Result<(Response<Incoming>, routes::pool::Admitted), UpstreamError> {
+) -> Result<(Response<Incoming>, InFlight), UpstreamError> {
     let backend = rule.pick_backend().ok_or(UpstreamError::NoBackend)?;
     // The backend's connection pool first (DestinationRule connectionPool): overflow is UO,
     // waiting in its queue is bounded by the request deadline.
@@ -797,10 +803,20 @@ async fn attempt_once(
         },
     };
     // Outlier detection learns from every attempt's outcome.
-    picked.finish(match &result {
+    let mut picked = picked;
+    picked.record(match &result {
         Ok(r) => routes::outlier::Outcome::Status(r.status().as_u16()),
         Err(_) => routes::outlier::Outcome::LocalFailure,
     });
-    // The pool slot is the request's until its response body ends, not just its head.
-    result.map(|r| (r, admitted))
+    // The pool slot and the endpoint's in-flight count (least request) are the request's until
+    // its response body ends, not just its head.
+    result.map(|r| {
+        (
+            r,
+            InFlight {
+                _slot: admitted,
+                _endpoint: picked,
+            },
+        )
+    })
 }

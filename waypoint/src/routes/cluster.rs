@@ -107,8 +107,9 @@ pub struct Cluster {
     pub state: Arc<ClusterState>,
 }
 
-/// An endpoint chosen for one attempt: counts as in flight until dropped; report the outcome
-/// with [`Picked::finish`].
+/// An endpoint chosen for one attempt: counts as in flight (least request) until dropped, so a
+/// caller keeps it for as long as the response body flows; report the outcome with
+/// [`Picked::record`] (or [`Picked::finish`], which also lets it go).
 #[derive(Debug)]
 pub struct Picked {
     /// The endpoint.
@@ -116,13 +117,14 @@ pub struct Picked {
     state: Arc<ClusterState>,
     outlier: Option<OutlierConfig>,
     total: usize,
-    done: bool,
 }
 
 impl Picked {
-    /// Records how the attempt ended (outlier detection) and releases the in-flight count.
-    pub fn finish(mut self, outcome: Outcome) {
-        self.done = true;
+    /// Records how the attempt ended (outlier detection); the endpoint stays in flight.
+    pub fn record(&mut self, outcome: Outcome) {
+        let Some(cfg) = &self.outlier else {
+            return;
+        };
         let mut eps = self.state.lock();
         let now = Instant::now();
         let ejected = eps
@@ -131,25 +133,25 @@ impl Picked {
             .filter(|ejected| *ejected)
             .count();
         if let Some(e) = eps.get_mut(&self.endpoint.addr) {
-            e.active = e.active.saturating_sub(1);
-            if let Some(cfg) = &self.outlier {
-                if e.detector.record(cfg, outcome)
-                    && outlier::may_eject(ejected, self.total, cfg.max_ejection_percent)
-                {
-                    tracing::info!(endpoint = %self.endpoint.addr, workload = %self.endpoint.workload, "outlier detection: endpoint ejected");
-                    e.detector.eject(cfg, now);
-                }
+            if e.detector.record(cfg, outcome)
+                && outlier::may_eject(ejected, self.total, cfg.max_ejection_percent)
+            {
+                tracing::info!(endpoint = %self.endpoint.addr, workload = %self.endpoint.workload, "outlier detection: endpoint ejected");
+                e.detector.eject(cfg, now);
             }
         }
+    }
+
+    /// Records the outcome and releases the in-flight count.
+    pub fn finish(mut self, outcome: Outcome) {
+        self.record(outcome);
     }
 }
 
 impl Drop for Picked {
     fn drop(&mut self) {
-        if !self.done {
-            if let Some(e) = self.state.lock().get_mut(&self.endpoint.addr) {
-                e.active = e.active.saturating_sub(1);
-            }
+        if let Some(e) = self.state.lock().get_mut(&self.endpoint.addr) {
+            e.active = e.active.saturating_sub(1);
         }
     }
 }
@@ -255,7 +257,6 @@ impl Cluster {
             state: self.state.clone(),
             outlier: self.policy.outlier.clone(),
             total: self.endpoints.len(),
-            done: false,
         })
     }
 }
@@ -324,6 +325,25 @@ mod tests {
             p.finish(Outcome::Status(200));
         }
         drop(held);
+    }
+
+    #[test]
+    fn a_recorded_attempt_stays_in_flight_until_dropped() {
+        let c = cluster("t-lr-held|", LbPolicy::LeastRequest, 2);
+        // The response head came back (outcome recorded) but its body is still flowing.
+        let mut held = c.pick(None).unwrap();
+        held.record(Outcome::Status(200));
+        let busy = held.endpoint.addr;
+        for _ in 0..50 {
+            let p = c.pick(None).unwrap();
+            assert_ne!(p.endpoint.addr, busy, "a streaming response still counts");
+            p.finish(Outcome::Status(200));
+        }
+        drop(held);
+        let seen: std::collections::HashSet<_> = (0..50)
+            .map(|_| c.pick(None).unwrap().endpoint.addr)
+            .collect();
+        assert!(seen.contains(&busy), "released once dropped: {seen:?}");
     }
 
     #[test]
