@@ -21,15 +21,20 @@ pub fn run(cli: Cli, env: &dyn Source) -> Result<(), Error> {
     };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    let result = match &cli.command {
-        Command::ZtunnelConfig(a) => cmd::ztunnel_config::run(a, &ctx, &mut out),
-        Command::Check(a) => cmd::check::run(a, &ctx, &mut out),
-        Command::Stat(a) => cmd::stat::run(a, &ctx, &mut out),
-        Command::Local(a) => cmd::local::run(a, &mut out),
-        Command::Tap(a) => cmd::tap::run(a, &ctx, &mut out),
-        Command::Waypoint(a) => cmd::waypoint::run(a, &ctx, &mut out),
-        Command::Describe(a) => cmd::describe::run(a, &ctx, &mut out),
-    };
+    let result = dispatch(&cli.command, &ctx, &mut out);
     out.flush()?;
     result
+}
+
+/// Runs `command` (what `run` does once the context is built; tests pass their own).
+pub fn dispatch(command: &Command, ctx: &Ctx<'_>, out: &mut dyn Write) -> Result<(), Error> {
+    match command {
+        Command::ZtunnelConfig(a) => cmd::ztunnel_config::run(a, ctx, out),
+        Command::Check(a) => cmd::check::run(a, ctx, out),
+        Command::Stat(a) => cmd::stat::run(a, ctx, out),
+        Command::Local(a) => cmd::local::run(a, out),
+        Command::Tap(a) => cmd::tap::run(a, ctx, out),
+        Command::Waypoint(a) => cmd::waypoint::run(a, ctx, out),
+        Command::Describe(a) => cmd::describe::run(a, ctx, out),
+    }
 }

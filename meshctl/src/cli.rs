@@ -87,13 +87,9 @@ pub struct DescribeArgs {
     /// istiod-lite's monitoring address, for routes [env: MESHCTL_ISTIOD].
     #[arg(long, value_name = "ADDR")]
     pub istiod: Option<String>,
-    /// A `meshctl local` cluster (its ztunnels and istiod-lite are read inside its namespaces)
-    /// [env: MESHCTL_LOCAL].
-    #[arg(long, value_name = "CLUSTER")]
-    pub local: Option<String>,
-    /// State directory of that local cluster.
-    #[arg(long, value_name = "DIR")]
-    pub state_dir: Option<PathBuf>,
+    /// The local cluster, instead of --ztunnel and --istiod (its ztunnels and istiod-lite).
+    #[command(flatten)]
+    pub cluster: LocalClusterArgs,
 }
 
 /// What `describe` describes.
@@ -113,12 +109,9 @@ pub struct WaypointArgs {
     /// Namespace of the waypoint.
     #[arg(long, short = 'n', global = true, default_value = "default")]
     pub namespace: String,
-    /// A `meshctl local` cluster to manage waypoints in [env: MESHCTL_LOCAL].
-    #[arg(long, global = true, value_name = "CLUSTER")]
-    pub local: Option<String>,
-    /// State directory of that local cluster (as given to `meshctl local`).
-    #[arg(long, global = true, value_name = "DIR")]
-    pub state_dir: Option<PathBuf>,
+    /// The local cluster to manage waypoints in, instead of --config-dir and --istiod.
+    #[command(flatten)]
+    pub cluster: LocalClusterArgs,
     /// Without --local: the directory istiod-lite watches (its CONFIG_DIR) [env: MESHCTL_CONFIG_DIR].
     #[arg(long, global = true, value_name = "DIR")]
     pub config_dir: Option<PathBuf>,
@@ -209,13 +202,10 @@ pub struct TapArgs {
     /// A waypoint's admin address (request events); repeatable.
     #[arg(long = "waypoint", value_name = "ADMIN")]
     pub waypoints: Vec<String>,
-    /// A `meshctl local` cluster: tap every node's ztunnel and every waypoint pod in it
-    /// [env: MESHCTL_LOCAL].
-    #[arg(long, value_name = "CLUSTER")]
-    pub local: Option<String>,
-    /// State directory of that local cluster.
-    #[arg(long, value_name = "DIR")]
-    pub state_dir: Option<PathBuf>,
+    /// The local cluster, instead of --ztunnel and --waypoint: every node's ztunnel and every
+    /// waypoint pod in it.
+    #[command(flatten)]
+    pub cluster: LocalClusterArgs,
     /// Stop after this many events.
     #[arg(long)]
     pub limit: Option<u64>,
@@ -342,16 +332,17 @@ pub struct StatArgs {
 }
 
 /// `--local CLUSTER [--state-dir DIR]`: a command aimed at the components of a `meshctl local`
-/// cluster rather than at addresses.
+/// cluster rather than at addresses. Global, so that `waypoint` takes them after its
+/// subcommand too (the other commands have no subcommands: it changes nothing for them).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Args)]
 pub struct LocalClusterArgs {
-    /// A `meshctl local` cluster: read its components inside their network namespaces (root)
-    /// [env: MESHCTL_LOCAL].
-    #[arg(long, value_name = "CLUSTER")]
+    /// A `meshctl local` cluster: its components, reached inside their network namespaces
+    /// (root) [env: MESHCTL_LOCAL].
+    #[arg(long, global = true, value_name = "CLUSTER")]
     pub local: Option<String>,
     /// State directory of that cluster, as given to `meshctl local` [default:
     /// /run/ambient-rs/local/<CLUSTER>].
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, global = true, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 }
 
@@ -386,7 +377,7 @@ impl LocalClusterArgs {
         env: &dyn Source,
     ) -> Result<Option<LocalCluster>, Error> {
         let from_env = || {
-            env.get(crate::cmd::waypoint::LOCAL_ENV)
+            env.get(crate::config::env::LOCAL)
                 .filter(|s| !s.trim().is_empty())
         };
         let name = self
@@ -400,7 +391,7 @@ impl LocalClusterArgs {
             })),
             None if self.state_dir.is_some() => Err(Error::Usage(format!(
                 "--state-dir is the state directory of a local cluster: give --local CLUSTER (or {}) too",
-                crate::cmd::waypoint::LOCAL_ENV
+                crate::config::env::LOCAL
             ))),
             None => Ok(None),
         }
@@ -690,6 +681,69 @@ mod tests {
                 state_dir: Some("/s".into())
             }
         );
+    }
+
+    #[test]
+    fn every_command_with_local_parses_it_into_the_same_arguments() {
+        let want = LocalClusterArgs {
+            local: Some("c".into()),
+            state_dir: Some("/s".into()),
+        };
+        let cluster = |args: &[&str]| {
+            let c = parse(args).unwrap_or_else(|e| panic!("{}: {e}", args.join(" ")));
+            match c.command {
+                Command::ZtunnelConfig(a) => a.cluster,
+                Command::Check(a) => a.cluster,
+                Command::Stat(a) => a.cluster,
+                Command::Describe(a) => a.cluster,
+                Command::Tap(a) => a.cluster,
+                Command::Waypoint(a) => a.cluster,
+                Command::Local(_) => panic!("meshctl local names its cluster with --name"),
+            }
+        };
+        for args in [
+            &["ztunnel-config", "all", "--local", "c", "--state-dir", "/s"][..],
+            &["check", "--local", "c", "--state-dir", "/s"],
+            &["stat", "--local", "c", "--state-dir", "/s"],
+            &["describe", "pod", "p", "--local", "c", "--state-dir", "/s"],
+            &["tap", "--local", "c", "--state-dir", "/s"],
+            // waypoint's are global: before or after its subcommand.
+            &["waypoint", "--local", "c", "--state-dir", "/s", "list"],
+            &[
+                "waypoint",
+                "-n",
+                "demo",
+                "status",
+                "--local",
+                "c",
+                "--state-dir",
+                "/s",
+            ],
+            &[
+                "waypoint",
+                "--local",
+                "c",
+                "apply",
+                "--state-dir",
+                "/s",
+                "--wait",
+            ],
+        ] {
+            assert_eq!(cluster(args), want, "{}", args.join(" "));
+        }
+        // Addresses and a cluster together: the flag wins (resolve), clap does not refuse it.
+        let c = cluster(&[
+            "describe",
+            "pod",
+            "p",
+            "--ztunnel",
+            "127.0.0.1:1",
+            "--local",
+            "c",
+            "--state-dir",
+            "/s",
+        ]);
+        assert_eq!(c, want);
     }
 
     #[test]

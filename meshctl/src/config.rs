@@ -15,6 +15,10 @@ pub mod env {
     pub const ZTUNNELS: &str = "MESHCTL_ZTUNNELS";
     /// Prometheus base URL for `stat`.
     pub const PROMETHEUS: &str = "MESHCTL_PROMETHEUS";
+    /// A `meshctl local` cluster, for the commands that take `--local`.
+    pub const LOCAL: &str = "MESHCTL_LOCAL";
+    /// istiod-lite's config directory (its CONFIG_DIR), where `waypoint` writes Gateways.
+    pub const CONFIG_DIR: &str = "MESHCTL_CONFIG_DIR";
     /// Set (to anything) to turn colour off even on a terminal.
     pub const NO_COLOR: &str = "NO_COLOR";
 }

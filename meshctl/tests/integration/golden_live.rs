@@ -7,17 +7,17 @@
 //! and compared with `testdata/golden/live/<name>`. `UPDATE_GOLDEN=1` rewrites the files.
 //! Every mismatch is collected and reported at the end, each with a line diff.
 
-use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::golden::{Collector, Kind, Normalizer};
+use crate::golden::{
+    under_traffic, ztunnel_config_outputs, Collector, JsonLines, Kind, Normalizer, STAT_OUTPUTS,
+    WAYPOINT_OUTPUTS,
+};
 use crate::mesh::{Mesh, MeshOptions};
 use crate::support::*;
 
@@ -53,55 +53,14 @@ fn golden_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/golden/live")
 }
 
-/// Compares a table or text output (exit code `code`; a run with another code fails with its
-/// stdout and stderr).
-fn text(g: &mut Collector, name: &str, r: &Run, code: i32) {
-    compare(g, name, Kind::Text, r, code);
-}
-
-/// Compares a JSON output.
-fn json(g: &mut Collector, name: &str, r: &Run, code: i32) {
-    compare(g, name, Kind::Json, r, code);
-}
-
+/// Compares an output (exit code `code`; a run with another code fails with its stdout and
+/// stderr).
 fn compare(g: &mut Collector, name: &str, kind: Kind, r: &Run, code: i32) {
     if r.code != code {
         g.fail(format!("{name}: expected exit {code}, got {r:?}"));
         return;
     }
     g.output(name, kind, r.code, code, &r.stdout);
-}
-
-/// Runs `f` while a thread sends requests to the service through node1's ztunnel; fails if
-/// any of them failed (that would change the SUCCESS column, not only the rates).
-fn with_traffic<T>(socks: &str, f: impl FnOnce() -> T) -> T {
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let t = {
-        let (stop, ok, failed, socks) =
-            (stop.clone(), ok.clone(), failed.clone(), socks.to_string());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Acquire) {
-                match http_get_via(&socks, CLIENT_IP, VIP) {
-                    Ok(body) if body == APP_REPLY => ok.fetch_add(1, Ordering::Relaxed),
-                    _ => failed.fetch_add(1, Ordering::Relaxed),
-                };
-            }
-        })
-    };
-    let out = f();
-    stop.store(true, Ordering::Release);
-    t.join().unwrap();
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "requests failed during the stat window"
-    );
-    assert!(
-        ok.load(Ordering::Relaxed) > 0,
-        "no request during the stat window"
-    );
-    out
 }
 
 /// Polls `f` every 50 ms until it returns Some (readiness only observable by asking).
@@ -170,25 +129,11 @@ fn every_meshctl_table_and_json_shape_matches_its_golden_file() {
         let v: Value = serde_json::from_str(&r.stdout).ok()?;
         (v.as_array()?.len() == 1).then_some(())
     });
-    for section in [
-        "workloads",
-        "services",
-        "policies",
-        "certificates",
-        "connections",
-        "all",
-    ] {
-        for (format, ext) in [("table", "txt"), ("json", "json"), ("yaml", "yaml")] {
-            let name = format!("ztunnel-config_{section}.{ext}");
-            let r = meshctl(
-                &["ztunnel-config", section, "-o", format, "--admin", &admin1],
-                &[],
-            );
-            match format {
-                "json" => json(&mut g, &name, &r, 0),
-                _ => text(&mut g, &name, &r, 0),
-            }
-        }
+    for (args, name, kind) in ztunnel_config_outputs() {
+        let mut a = vec!["ztunnel-config"];
+        a.extend(args);
+        a.extend(["--admin", &admin1]);
+        compare(&mut g, &name, kind, &meshctl(&a, &[]), 0);
     }
     drop(held);
 
@@ -208,16 +153,17 @@ fn every_meshctl_table_and_json_shape_matches_its_golden_file() {
     ] {
         let mut args = vec!["describe", kind, name, "-n", ns];
         args.extend(ask);
-        text(
+        compare(
             &mut g,
             &format!("describe_{kind}_{name}.txt"),
+            Kind::Text,
             &meshctl(&args, &[]),
             0,
         );
     }
 
     // stat while traffic flows (the rates cover the window between two scrapes).
-    let stat = |extra: &[&str]| {
+    for (extra, name, kind) in STAT_OUTPUTS {
         let mut args = vec![
             "stat",
             "--interval",
@@ -228,11 +174,11 @@ fn every_meshctl_table_and_json_shape_matches_its_golden_file() {
             &e2,
         ];
         args.extend(extra);
-        with_traffic(&socks1, || meshctl(&args, &[]))
-    };
-    text(&mut g, "stat.txt", &stat(&[]), 0);
-    text(&mut g, "stat_wide.txt", &stat(&["-o", "wide"]), 0);
-    json(&mut g, "stat.json", &stat(&["-o", "json"]), 0);
+        let socks = socks1.clone();
+        let request = move || http_get_via(&socks, CLIENT_IP, VIP).is_ok_and(|b| b == APP_REPLY);
+        let r = under_traffic(request, || meshctl(&args, &[])).unwrap();
+        compare(&mut g, name, kind, &r, 0);
+    }
 
     // tap -o json: warm up (to port 9090) until both agents stream, then exactly two requests
     // to the service; their events are the golden.
@@ -261,21 +207,10 @@ fn every_meshctl_table_and_json_shape_matches_its_golden_file() {
         let v: Value = serde_json::from_str(&wp(&["list", "-o", "json"]).stdout).ok()?;
         (!v.as_array()?.is_empty()).then_some(())
     });
-    text(&mut g, "waypoint_list.txt", &wp(&["list"]), 0);
-    text(&mut g, "waypoint_list_all.txt", &wp(&["list", "-A"]), 0);
-    json(
-        &mut g,
-        "waypoint_list.json",
-        &wp(&["list", "-o", "json"]),
-        0,
-    );
-    text(&mut g, "waypoint_status.txt", &wp(&["status"]), 1);
-    json(
-        &mut g,
-        "waypoint_status.json",
-        &wp(&["status", "-o", "json"]),
-        1,
-    );
+    for (args, name, kind) in WAYPOINT_OUTPUTS {
+        let code = if args[0] == "status" { 1 } else { 0 };
+        compare(&mut g, name, kind, &wp(args), code);
+    }
 
     // check: healthy, then with the control plane down (✗ and exit 1).
     let check = |format: &str| {
@@ -295,11 +230,12 @@ fn every_meshctl_table_and_json_shape_matches_its_golden_file() {
             &[],
         )
     };
-    text(&mut g, "check_healthy.txt", &check("table"), 0);
-    json(&mut g, "check_healthy.json", &check("json"), 0);
+    let (table, json) = (Kind::Text, Kind::Json);
+    compare(&mut g, "check_healthy.txt", table, &check("table"), 0);
+    compare(&mut g, "check_healthy.json", json, &check("json"), 0);
     m.istiod.kill();
-    text(&mut g, "check_istiod_down.txt", &check("table"), 1);
-    json(&mut g, "check_istiod_down.json", &check("json"), 1);
+    compare(&mut g, "check_istiod_down.txt", table, &check("table"), 1);
+    compare(&mut g, "check_istiod_down.json", json, &check("json"), 1);
 
     if let Err(e) = g.finish() {
         panic!("{e}\n\nlogs:\n{}", m.logs());
@@ -310,7 +246,7 @@ fn every_meshctl_table_and_json_shape_matches_its_golden_file() {
 /// second port until each agent has streamed an event (the tap is subscribed), then two
 /// requests to the service. Returns the events of those two requests, as NDJSON.
 fn tap_events(m: &Mesh, e1: &str, e2: &str, socks: &str) -> String {
-    let mut child = KillOnDrop(
+    let tap = JsonLines::spawn(
         Command::new(env!("CARGO_BIN_EXE_meshctl"))
             .args([
                 "tap",
@@ -325,30 +261,19 @@ fn tap_events(m: &Mesh, e1: &str, e2: &str, socks: &str) -> String {
             .env_remove("MESHCTL_ZTUNNELS")
             .env_remove("MESHCTL_LOCAL")
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting meshctl tap"),
-    );
-    let lines = Arc::new(Mutex::new(Vec::<Value>::new()));
-    {
-        let lines = lines.clone();
-        let out = child.0.stdout.take().expect("stdout");
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                let v: Value = serde_json::from_str(&l)
-                    .unwrap_or_else(|e| panic!("tap printed a line that is not JSON ({e}): {l}"));
-                lines.lock().unwrap().push(v);
-            }
-        });
-    }
+            .stderr(Stdio::null()),
+    )
+    .expect("starting meshctl tap");
     let admins: Vec<String> = m.ztunnels.iter().map(|z| z.admin.clone()).collect();
     poll("the tap to stream from both ztunnels", || {
         let _ = http_get_via(socks, CLIENT_IP, WARMUP);
-        let seen = lines.lock().unwrap();
         admins
             .iter()
-            .all(|a| seen.iter().any(|ev| ev["ztunnel"] == a.as_str()))
+            .all(|a| {
+                !tap.matching(|ev| ev["ztunnel"] == a.as_str())
+                    .unwrap()
+                    .is_empty()
+            })
             .then_some(())
     });
     for _ in 0..2 {
@@ -364,21 +289,10 @@ fn tap_events(m: &Mesh, e1: &str, e2: &str, socks: &str) -> String {
     // Two connections, each opened and closed, seen by both agents.
     let want = 8;
     let events = poll("the tap to show both requests", || {
-        let seen = lines.lock().unwrap();
-        let ev: Vec<Value> = seen.iter().filter(|e| !warmup(e)).cloned().collect();
+        let ev = tap.matching(|e| !warmup(e)).unwrap();
         (ev.len() >= want).then_some(ev)
     });
-    drop(child);
+    drop(tap);
     assert_eq!(events.len(), want, "{events:#?}");
     events.iter().map(|e| format!("{e}\n")).collect()
-}
-
-/// A child killed (and reaped) on drop.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

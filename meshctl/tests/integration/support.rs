@@ -184,6 +184,20 @@ pub fn http_date_now() -> String {
     time::OffsetDateTime::now_utc().format(&f).expect("date")
 }
 
+/// Reads a request's head up to its blank line, byte by byte (nothing of a body is consumed);
+/// None when the connection ends or times out first.
+fn read_head(s: &mut TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut b) {
+            Ok(1) => head.push(b[0]),
+            _ => return None,
+        }
+    }
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
 type Handler = dyn Fn(&str) -> (u16, String) + Send + Sync;
 
 /// A one-thread HTTP/1.1 server on 127.0.0.1 answering each GET with `handler(path)`.
@@ -207,15 +221,9 @@ impl FakeServer {
                 }
                 let Ok(mut s) = conn else { continue };
                 let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-                let mut head = Vec::new();
-                let mut b = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    match s.read(&mut b) {
-                        Ok(1) => head.push(b[0]),
-                        _ => break,
-                    }
-                }
-                let head = String::from_utf8_lossy(&head);
+                let Some(head) = read_head(&mut s) else {
+                    continue;
+                };
                 let path = head.split(' ').nth(1).unwrap_or("/").to_string();
                 let (status, body) = handler(&path);
                 let _ = write!(
@@ -370,15 +378,9 @@ impl App {
                     let Ok(mut s) = conn else { continue };
                     std::thread::spawn(move || {
                         let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
-                        let mut head = Vec::new();
-                        let mut b = [0u8; 1];
-                        while !head.ends_with(b"\r\n\r\n") {
-                            match s.read(&mut b) {
-                                Ok(1) => head.push(b[0]),
-                                _ => return,
-                            }
+                        if read_head(&mut s).is_some() {
+                            let _ = s.write_all(APP_REPLY.as_bytes());
                         }
-                        let _ = s.write_all(APP_REPLY.as_bytes());
                     });
                 }
             }));

@@ -3,7 +3,9 @@
 //! `UPDATE_GOLDEN=1`, rewrites) a golden file and explains a mismatch with a line diff.
 //!
 //! Std and serde_json only: meshctl's integration tests compile this same file (a `#[path]`
-//! module), so both layers of golden tests normalise identically.
+//! module), so both layers of golden tests normalise identically, keep the same set of outputs
+//! ([`ztunnel_config_outputs`], [`STAT_OUTPUTS`], [`WAYPOINT_OUTPUTS`]) and take them the same
+//! way ([`under_traffic`], [`JsonLines`]).
 //!
 //! What is replaced, and nothing else:
 //! - literals the test registers (a random cluster name, a temp directory, admin addresses);
@@ -26,7 +28,11 @@
 //! columns after it, while a renamed, added or moved header still changes the text. JSON is
 //! compared as a document: parsed, normalised, printed pretty with sorted keys.
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use serde_json::Value;
 
@@ -310,17 +316,17 @@ fn rule_at(s: &[char]) -> Option<(usize, String)> {
             .count()
     };
     let ends_token = |at: usize| s.get(at).is_none_or(|c| !c.is_ascii_alphanumeric());
+    // `s` starts with `shape`, in which `any` stands for one character that `fits`.
+    let starts_like = |shape: &str, any: char, fits: fn(&char) -> bool| {
+        s.len() >= shape.len()
+            && shape
+                .chars()
+                .zip(s)
+                .all(|(p, c)| if p == any { fits(c) } else { p == *c })
+    };
     // RFC 3339: 2026-01-02T03:04:05[.123][Z|+01:00]
     let shape = "dddd-dd-ddTdd:dd:dd";
-    if s.len() >= shape.len()
-        && shape.chars().zip(s).all(|(p, c)| {
-            if p == 'd' {
-                c.is_ascii_digit()
-            } else {
-                p == *c
-            }
-        })
-    {
+    if starts_like(shape, 'd', char::is_ascii_digit) {
         let mut n = shape.len();
         if s.get(n) == Some(&'.') && digits(n + 1) > 0 {
             n += 1 + digits(n + 1);
@@ -367,16 +373,7 @@ fn rule_at(s: &[char]) -> Option<(usize, String)> {
     }
     // UUIDs (pod uids): 8-4-4-4-12 hex digits.
     let uuid = "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx";
-    if s.len() >= uuid.len()
-        && uuid.chars().zip(s).all(|(p, c)| {
-            if p == 'x' {
-                c.is_ascii_hexdigit()
-            } else {
-                p == *c
-            }
-        })
-        && ends_token(uuid.len())
-    {
+    if starts_like(uuid, 'x', char::is_ascii_hexdigit) && ends_token(uuid.len()) {
         return Some((uuid.len(), "<UUID>".into()));
     }
     // Serial numbers: 16+ lower-case hex digits.
@@ -473,6 +470,135 @@ impl Collector {
             self.failures.len(),
             self.failures.join("\n\n")
         ))
+    }
+}
+
+/// Every `ztunnel-config` output with a golden file: each section in each format, as (the
+/// arguments after `ztunnel-config`, golden file name, kind). YAML is compared as text.
+pub fn ztunnel_config_outputs() -> Vec<([&'static str; 3], String, Kind)> {
+    let sections = [
+        "workloads",
+        "services",
+        "policies",
+        "certificates",
+        "connections",
+        "all",
+    ];
+    let formats = [
+        ("table", "txt", Kind::Text),
+        ("json", "json", Kind::Json),
+        ("yaml", "yaml", Kind::Text),
+    ];
+    sections
+        .iter()
+        .flat_map(|section| {
+            formats.iter().map(move |(format, ext, kind)| {
+                (
+                    [*section, "-o", *format],
+                    format!("ztunnel-config_{section}.{ext}"),
+                    *kind,
+                )
+            })
+        })
+        .collect()
+}
+
+/// Every `stat` output with a golden file: (arguments added to the command, name, kind).
+pub const STAT_OUTPUTS: [(&[&str], &str, Kind); 3] = [
+    (&[], "stat.txt", Kind::Text),
+    (&["-o", "wide"], "stat_wide.txt", Kind::Text),
+    (&["-o", "json"], "stat.json", Kind::Json),
+];
+
+/// Every `waypoint` output with a golden file: (arguments after `waypoint -n NS`, name, kind).
+/// `status` exits 1 while a waypoint is not programmed, in every format.
+pub const WAYPOINT_OUTPUTS: [(&[&str], &str, Kind); 5] = [
+    (&["list"], "waypoint_list.txt", Kind::Text),
+    (&["list", "-A"], "waypoint_list_all.txt", Kind::Text),
+    (&["list", "-o", "json"], "waypoint_list.json", Kind::Json),
+    (&["status"], "waypoint_status.txt", Kind::Text),
+    (
+        &["status", "-o", "json"],
+        "waypoint_status.json",
+        Kind::Json,
+    ),
+];
+
+/// Runs `f` while a thread repeats `request` (true: it succeeded) in a loop: the traffic rates
+/// and success ratios are taken over. An error with the counts unless at least one request ran
+/// and none failed (a failure would change the SUCCESS column, not only the rates).
+pub fn under_traffic<T>(
+    request: impl Fn() -> bool + Send + 'static,
+    f: impl FnOnce() -> T,
+) -> Result<T, String> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let t = {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Acquire) {
+                let counter = if request() { &ok } else { &failed };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let out = f();
+    stop.store(true, Ordering::Release);
+    let _ = t.join();
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    if failed > 0 || ok == 0 {
+        return Err(format!(
+            "requests during the window: {ok} ok, {failed} failed"
+        ));
+    }
+    Ok(out)
+}
+
+/// What a running command prints, one JSON document a line (`meshctl tap -o json`), gathered
+/// on a thread as it comes. The command is killed (and reaped) when this is dropped.
+pub struct JsonLines {
+    child: Child,
+    lines: Arc<Mutex<Vec<Result<Value, String>>>>,
+}
+
+impl JsonLines {
+    /// Spawns `cmd` with its stdout read here.
+    pub fn spawn(cmd: &mut Command) -> std::io::Result<JsonLines> {
+        let mut child = cmd.stdout(Stdio::piped()).spawn()?;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        if let Some(out) = child.stdout.take() {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for l in BufReader::new(out).lines().map_while(Result::ok) {
+                    let v = serde_json::from_str::<Value>(&l)
+                        .map_err(|e| format!("a line that is not JSON ({e}): {l}"));
+                    lines.lock().unwrap_or_else(PoisonError::into_inner).push(v);
+                }
+            });
+        }
+        Ok(JsonLines { child, lines })
+    }
+
+    /// The documents so far that `keep` accepts, in arrival order; an error if any line was
+    /// not JSON.
+    pub fn matching(&self, keep: impl Fn(&Value) -> bool) -> Result<Vec<Value>, String> {
+        let lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out = Vec::new();
+        for l in lines.iter() {
+            match l {
+                Ok(v) if keep(v) => out.push(v.clone()),
+                Ok(_) => {}
+                Err(e) => return Err(e.clone()),
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for JsonLines {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -617,6 +743,65 @@ mod tests {
             got,
             "{\"bytes_sent\":\"<N>\",\"event\":\"close\",\"src\":{\"addr\":\"10.0.0.1:<PORT>\"},\"time_ms\":\"<TIME>\"}\n"
         );
+    }
+
+    #[test]
+    fn every_ztunnel_config_section_in_every_format_once() {
+        let outputs = ztunnel_config_outputs();
+        assert_eq!(outputs.len(), 18);
+        let names: std::collections::BTreeSet<&str> =
+            outputs.iter().map(|(_, n, _)| n.as_str()).collect();
+        assert_eq!(names.len(), 18);
+        assert!(outputs.contains(&(
+            ["policies", "-o", "json"],
+            "ztunnel-config_policies.json".to_string(),
+            Kind::Json
+        )));
+    }
+
+    #[test]
+    fn traffic_must_all_succeed() {
+        // `f` returns once a request has run, as a real window outlasts many.
+        let window = |succeeds: bool| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            under_traffic(
+                move || {
+                    let _ = tx.send(());
+                    succeeds
+                },
+                move || rx.recv().map(|()| 7).unwrap_or_default(),
+            )
+        };
+        assert_eq!(window(true), Ok(7));
+        let failing = window(false).expect_err("failed requests");
+        assert!(failing.contains("0 ok"), "{failing}");
+    }
+
+    #[test]
+    fn json_lines_are_gathered_as_printed_and_a_line_that_is_not_json_is_an_error() {
+        let wait_for = |lines: &JsonLines, n: usize| {
+            let start = std::time::Instant::now();
+            while lines.lines.lock().map(|l| l.len()).unwrap_or(0) < n {
+                assert!(start.elapsed().as_secs() < 10, "{n} lines never came");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        };
+        // The command keeps running: lines are read as they come, not at its exit.
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo '{\"a\":1}'; echo '{\"a\":2}'; exec sleep 30"]);
+        let lines = JsonLines::spawn(&mut cmd).expect("sh");
+        wait_for(&lines, 2);
+        assert_eq!(
+            lines.matching(|v| v["a"] == 2),
+            Ok(vec![serde_json::json!({"a": 2})])
+        );
+        drop(lines);
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo '{}'; echo nope"]);
+        let lines = JsonLines::spawn(&mut cmd).expect("sh");
+        wait_for(&lines, 2);
+        let err = lines.matching(|_| true).expect_err("nope is not JSON");
+        assert!(err.contains("nope"), "{err}");
     }
 
     #[test]

@@ -71,22 +71,9 @@ impl LocalCluster {
 
     /// `meshctl local --name N --state-dir D <args>`; returns the output whatever the status.
     pub fn meshctl(&self, args: &[&str]) -> anyhow::Result<Output> {
-        let mut c = Command::new(&self.meshctl);
-        c.arg("local")
-            .args(["--name", &self.name])
-            .arg("--state-dir")
-            .arg(&self.dir)
-            .args(args)
-            .env("NO_COLOR", "1");
-        let out = c.output().with_context(|| format!("running {c:?}"))?;
-        eprintln!(
-            "$ meshctl local {} -> {}\n{}{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(out)
+        let mut c = self.meshctl_command(&["local", "--name", &self.name]);
+        c.arg("--state-dir").arg(&self.dir).args(args);
+        run_echoed(&mut c, &format!("meshctl local {}", args.join(" ")))
     }
 
     /// Like [`LocalCluster::meshctl`] but requires success; returns stdout.
@@ -105,41 +92,54 @@ impl LocalCluster {
     /// `meshctl <args> --local N --state-dir D` (a command aimed at this cluster, e.g.
     /// `waypoint ...`, `describe ...`); stdout on success.
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
-        let mut c = Command::new(&self.meshctl);
-        c.args(args)
-            .args(["--local", &self.name])
-            .arg("--state-dir")
+        let (code, stdout) = self.cli_exit(args)?;
+        anyhow::ensure!(code == 0, "meshctl {} failed (exit {code})", args.join(" "));
+        Ok(stdout)
+    }
+
+    /// `meshctl <args> --local N --state-dir D`: the exit code and stdout, whatever the status.
+    pub fn cli_exit(&self, args: &[&str]) -> anyhow::Result<(i32, String)> {
+        let out = run_echoed(
+            &mut self.cli_command(args),
+            &format!("meshctl {}", args.join(" ")),
+        )?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        ))
+    }
+
+    /// `meshctl <args> --state-dir D` with `MESHCTL_LOCAL=N` in its environment rather than
+    /// `--local N`: the exit code and stdout, whatever the status.
+    pub fn cli_exit_from_env(&self, args: &[&str]) -> anyhow::Result<(i32, String)> {
+        let mut c = self.meshctl_command(args);
+        c.arg("--state-dir")
             .arg(&self.dir)
-            .env("NO_COLOR", "1");
-        let out = c.output().with_context(|| format!("running {c:?}"))?;
-        eprintln!(
-            "$ meshctl {} -> {}\n{}{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        anyhow::ensure!(
-            out.status.success(),
-            "meshctl {} failed ({})",
-            args.join(" "),
-            out.status
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+            .env("MESHCTL_LOCAL", &self.name);
+        let out = run_echoed(
+            &mut c,
+            &format!("MESHCTL_LOCAL=.. meshctl {}", args.join(" ")),
+        )?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        ))
     }
 
     /// `meshctl <args> --local N --state-dir D` as a command not yet run: to spawn it (a tap)
     /// or to read an exit code other than 0.
     pub fn cli_command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(&self.meshctl);
-        c.args(args)
-            .args(["--local", &self.name])
+        let mut c = self.meshctl_command(args);
+        c.args(["--local", &self.name])
             .arg("--state-dir")
-            .arg(&self.dir)
-            .env("NO_COLOR", "1")
-            .env_remove("MESHCTL_LOCAL")
-            .env_remove("MESHCTL_ZTUNNELS")
-            .env_remove("MESHCTL_ISTIOD");
+            .arg(&self.dir);
+        c
+    }
+
+    /// `meshctl <args>` ([`clean_env`]).
+    fn meshctl_command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.meshctl);
+        clean_env(c.args(args));
         c
     }
 
@@ -147,25 +147,14 @@ impl LocalCluster {
     /// addresses, such as `check` and `stat`: a node's ztunnel admin port is on its loopback);
     /// the output whatever the status.
     pub fn meshctl_in(&self, netns: &str, args: &[&str]) -> anyhow::Result<Output> {
-        let out = Command::new("nsenter")
-            .arg(format!("--net={NETNS_DIR}/{netns}"))
-            .arg("--")
-            .arg(&self.meshctl)
-            .args(args)
-            .env("NO_COLOR", "1")
-            .env_remove("MESHCTL_LOCAL")
-            .env_remove("MESHCTL_ZTUNNELS")
-            .env_remove("MESHCTL_ISTIOD")
-            .output()
-            .with_context(|| format!("running meshctl {} in {netns}", args.join(" ")))?;
-        eprintln!(
-            "$ [{netns}] meshctl {} -> {}\n{}{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        let mut c = Command::new("nsenter");
+        clean_env(
+            c.arg(format!("--net={NETNS_DIR}/{netns}"))
+                .arg("--")
+                .arg(&self.meshctl)
+                .args(args),
         );
-        Ok(out)
+        run_echoed(&mut c, &format!("[{netns}] meshctl {}", args.join(" ")))
     }
 
     /// Prints the last lines of every log of the cluster (its processes' and each pod's
@@ -230,6 +219,47 @@ impl LocalCluster {
             "pod add printed {ip:?}"
         );
         Ok(ip)
+    }
+
+    /// GET `url` from inside pod `ns/name` (curl in its namespace): the body of a 2xx answer.
+    pub fn curl(&self, ns: &str, name: &str, url: &str) -> anyhow::Result<String> {
+        get_in(&self.pod_netns(ns, name), url)
+    }
+
+    /// Polls [`LocalCluster::curl`] until it succeeds (20 s: the server pod may still be
+    /// starting, the mesh still sending the config); the body.
+    pub fn curl_eventually(&self, ns: &str, name: &str, url: &str) -> anyhow::Result<String> {
+        poll(
+            &format!("{ns}/{name} reaching {url}"),
+            Duration::from_secs(20),
+            || Ok(self.curl(ns, name, url).ok()),
+        )
+    }
+
+    /// `meshctl waypoint -n NS apply --enroll-namespace --wait`: namespace `ns`'s waypoint
+    /// `waypoint` runs as a pod, is programmed, and the namespace uses it.
+    pub fn apply_namespace_waypoint(&self, ns: &str) -> anyhow::Result<()> {
+        let out = self.cli(&[
+            "waypoint",
+            "-n",
+            ns,
+            "apply",
+            "--enroll-namespace",
+            "--wait",
+        ])?;
+        anyhow::ensure!(
+            out.contains(&format!("waypoint {ns}/waypoint is ready")),
+            "{out}"
+        );
+        Ok(())
+    }
+
+    /// Pod `ns/name` as `status -o json` shows it (node, ip, netns, app, ...).
+    pub fn pod_status(&self, ns: &str, name: &str) -> anyhow::Result<Value> {
+        let mut st = self.status()?;
+        let pod = st["pods"][format!("{ns}/{name}")].take();
+        anyhow::ensure!(pod.is_object(), "no pod {ns}/{name} in status: {st}");
+        Ok(pod)
     }
 
     /// The network namespace of node `node` (`ambrs-<cluster>.<node>`).
@@ -359,9 +389,39 @@ pub fn with_ambient_cluster(nodes: u8, body: impl FnOnce(&LocalCluster) -> anyho
     }
 }
 
+/// No colour, and none of the caller's MESHCTL_* variables: a developer's shell must not point
+/// meshctl elsewhere.
+fn clean_env(c: &mut Command) -> &mut Command {
+    c.env("NO_COLOR", "1")
+        .env_remove("MESHCTL_LOCAL")
+        .env_remove("MESHCTL_ZTUNNELS")
+        .env_remove("MESHCTL_ISTIOD")
+}
+
+/// Runs `cmd`, echoing `$ <shown> -> <status>` and its output to stderr: what a failing test
+/// shows.
+fn run_echoed(cmd: &mut Command, shown: &str) -> anyhow::Result<Output> {
+    let out = cmd.output().with_context(|| format!("running {shown}"))?;
+    eprintln!(
+        "$ {shown} -> {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(out)
+}
+
+/// `curl -sS --max-time 3 <args>` inside network namespace `netns`: its output, whatever the
+/// status (for requests that read the status code or send headers).
+pub fn curl_in(netns: &str, args: &[&str]) -> anyhow::Result<Output> {
+    let mut argv = vec!["curl", "-sS", "--max-time", "3"];
+    argv.extend(args);
+    LocalCluster::in_netns(netns, &argv)
+}
+
 /// GET `url` from inside network namespace `netns` (curl); the body of a 2xx answer.
 pub fn get_in(netns: &str, url: &str) -> anyhow::Result<String> {
-    let out = LocalCluster::in_netns(netns, &["curl", "-fsS", "--max-time", "3", url])?;
+    let out = curl_in(netns, &["-f", url])?;
     anyhow::ensure!(
         out.status.success(),
         "GET {url} in {netns}: {}",

@@ -19,7 +19,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use mesh_e2e::local::{get_in, poll, repo_root, with_ambient_cluster, LocalCluster};
+use mesh_e2e::local::{curl_in, get_in, poll, repo_root, with_ambient_cluster, LocalCluster};
 use serde_json::Value;
 
 const VIP: &str = "10.96.0.10";
@@ -32,30 +32,7 @@ fn write_service(c: &LocalCluster) -> anyhow::Result<()> {
     c.write_config("service.demo.server.yaml", &yaml)
 }
 
-/// `curl` from inside a pod; the body on success.
-fn curl(c: &LocalCluster, ns: &str, name: &str, url: &str) -> anyhow::Result<String> {
-    let out = LocalCluster::in_netns(
-        &c.pod_netns(ns, name),
-        &["curl", "-sS", "--max-time", "3", url],
-    )?;
-    anyhow::ensure!(
-        out.status.success(),
-        "curl {url} from {ns}/{name}: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Polls until `curl` from the pod succeeds; returns the body.
-fn curl_eventually(c: &LocalCluster, ns: &str, name: &str, url: &str) -> anyhow::Result<String> {
-    poll(
-        &format!("{ns}/{name} reaching {url}"),
-        Duration::from_secs(20),
-        || Ok(curl(c, ns, name, url).ok()),
-    )
-}
-
-/// Polls until `curl` from the pod fails; returns the error.
+/// Polls until `curl` from the pod fails (the mesh refuses it); returns the error.
 fn curl_refused_eventually(
     c: &LocalCluster,
     ns: &str,
@@ -65,7 +42,7 @@ fn curl_refused_eventually(
     poll(
         &format!("{ns}/{name} refused at {url}"),
         Duration::from_secs(20),
-        || Ok(curl(c, ns, name, url).err().map(|e| e.to_string())),
+        || Ok(c.curl(ns, name, url).err().map(|e| e.to_string())),
     )
 }
 
@@ -122,7 +99,7 @@ fn captured_pods_reach_a_service_by_vip_pod_ip_and_dns_name_over_mtls() {
             "http://server.demo/".to_string(),
             "http://server.demo.svc.cluster.local/".to_string(),
         ] {
-            let body = curl_eventually(c, "demo", "client", &url)?;
+            let body = c.curl_eventually("demo", "client", &url)?;
             anyhow::ensure!(
                 body.contains("hello from pod server") && body.contains(&caller),
                 "{url}: the server must see the client pod's own IP: {body}"
@@ -167,7 +144,7 @@ fn captured_pods_reach_a_service_by_vip_pod_ip_and_dns_name_over_mtls() {
             "meshctl tap to see two events",
             Duration::from_secs(20),
             || {
-                curl(c, "demo", "client", &format!("http://{VIP}/"))?;
+                c.curl("demo", "client", &format!("http://{VIP}/"))?;
                 Ok(tap.0.try_wait()?.map(|_| ()))
             },
         );
@@ -269,28 +246,23 @@ fn no_plaintext_payload_crosses_the_pod_bridge_between_meshed_pods() {
         // The same pair outside the mesh, on the same bridge: proves the capture sees payloads.
         let plain_ip = c.add_pod("plain", "server", "node-1", &[], true)?;
         c.add_pod("plain", "client", "node-1", &[], false)?;
-        curl_eventually(c, "demo", "client", &format!("http://{server_ip}:8080/"))?;
-        curl_eventually(c, "plain", "client", &format!("http://{plain_ip}:8080/"))?;
+        c.curl_eventually("demo", "client", &format!("http://{server_ip}:8080/"))?;
+        c.curl_eventually("plain", "client", &format!("http://{plain_ip}:8080/"))?;
 
         let marker = format!("MARKER-{:08x}", rand::random::<u32>());
         let header = format!("X-Marker: {marker}");
         let node = c.node_netns("node-1");
+        // `count` requests carrying the marker from `ns`/client to its server.
+        let send_marked = |ns: &str, server_ip: &str, count: usize| -> anyhow::Result<()> {
+            let url = format!("http://{server_ip}:8080/");
+            for _ in 0..count {
+                let out = curl_in(&c.pod_netns(ns, "client"), &["-H", &header, &url])?;
+                anyhow::ensure!(out.status.success(), "{ns} request failed");
+            }
+            Ok(())
+        };
         let sniff = Sniffer::start(&node, "all", &marker)?;
-        for _ in 0..5 {
-            let out = LocalCluster::in_netns(
-                &c.pod_netns("demo", "client"),
-                &[
-                    "curl",
-                    "-sS",
-                    "--max-time",
-                    "3",
-                    "-H",
-                    &header,
-                    &format!("http://{server_ip}:8080/"),
-                ],
-            )?;
-            anyhow::ensure!(out.status.success(), "meshed request failed");
-        }
+        send_marked("demo", &server_ip, 5)?;
         let (frames, seen) = sniff.finish()?;
         anyhow::ensure!(frames > 0, "the capture saw no frames at all");
         anyhow::ensure!(
@@ -299,19 +271,7 @@ fn no_plaintext_payload_crosses_the_pod_bridge_between_meshed_pods() {
         );
 
         let sniff = Sniffer::start(&node, "all", &marker)?;
-        let out = LocalCluster::in_netns(
-            &c.pod_netns("plain", "client"),
-            &[
-                "curl",
-                "-sS",
-                "--max-time",
-                "3",
-                "-H",
-                &header,
-                &format!("http://{plain_ip}:8080/"),
-            ],
-        )?;
-        anyhow::ensure!(out.status.success(), "plain request failed");
+        send_marked("plain", &plain_ip, 1)?;
         let (_, seen_plain) = sniff.finish()?;
         anyhow::ensure!(
             seen_plain > 0,
@@ -341,7 +301,7 @@ fn opt_out_label_and_namespace_label_flip_release_and_enroll_running_pods() {
         );
         // The opted-out pod still reaches the meshed server (plaintext into its 15006,
         // PERMISSIVE), as itself.
-        let body = curl_eventually(c, "demo", "optout", &url)?;
+        let body = c.curl_eventually("demo", "optout", &url)?;
         anyhow::ensure!(
             body.contains(&format!("you called from {optout_ip}:")),
             "{body}"
@@ -358,7 +318,7 @@ fn opt_out_label_and_namespace_label_flip_release_and_enroll_running_pods() {
                 })
                 .count()
         };
-        curl_eventually(c, "demo", "client", &url)?;
+        c.curl_eventually("demo", "client", &url)?;
         // The access-log line is written when ztunnel sees the connection close.
         poll(
             "the client's request logged as mTLS",
@@ -371,7 +331,7 @@ fn opt_out_label_and_namespace_label_flip_release_and_enroll_running_pods() {
         poll("client released", Duration::from_secs(20), || {
             Ok((!captured(c, "demo", "client")? && !captured(c, "demo", "server")?).then_some(()))
         })?;
-        let body = curl_eventually(c, "demo", "client", &url)?;
+        let body = c.curl_eventually("demo", "client", &url)?;
         anyhow::ensure!(
             body.contains(&format!("you called from {client_ip}:")),
             "{body}"
@@ -397,7 +357,7 @@ fn opt_out_label_and_namespace_label_flip_release_and_enroll_running_pods() {
             "the opted-out pod stays out"
         );
         let mtls_before = mtls_lines();
-        curl_eventually(c, "demo", "client", &url)?;
+        c.curl_eventually("demo", "client", &url)?;
         poll(
             "a new mTLS connection after re-enrollment",
             Duration::from_secs(10),
@@ -415,19 +375,19 @@ fn strict_peer_authentication_refuses_plaintext_from_a_pod_outside_the_mesh() {
         let stranger_ip = c.add_pod("outside", "stranger", "node-1", &[], false)?;
         let url = format!("http://{server_ip}:8080/");
         // PERMISSIVE (the default): plaintext from outside is accepted, meshed traffic too.
-        let body = curl_eventually(c, "outside", "stranger", &url)?;
+        let body = c.curl_eventually("outside", "stranger", &url)?;
         anyhow::ensure!(
             body.contains(&format!("you called from {stranger_ip}:")),
             "{body}"
         );
-        curl_eventually(c, "demo", "client", &url)?;
+        c.curl_eventually("demo", "client", &url)?;
 
         c.write_config("peerauthentication.demo.yaml",
             "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: demo}\nspec:\n  mtls: {mode: STRICT}\n",
         )?;
         curl_refused_eventually(c, "outside", "stranger", &url)?;
         // mTLS from a meshed pod is still accepted under STRICT.
-        curl(c, "demo", "client", &url)?;
+        c.curl("demo", "client", &url)?;
         let m = metrics(c, "node-1")?;
         anyhow::ensure!(
             m.lines()
@@ -440,7 +400,7 @@ fn strict_peer_authentication_refuses_plaintext_from_a_pod_outside_the_mesh() {
         c.write_config("peerauthentication.demo.yaml",
             "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: demo}\nspec:\n  mtls: {mode: PERMISSIVE}\n",
         )?;
-        curl_eventually(c, "outside", "stranger", &url)?;
+        c.curl_eventually("outside", "stranger", &url)?;
         Ok(())
     });
 }
@@ -452,8 +412,8 @@ fn authorization_policy_is_enforced_on_captured_traffic() {
         c.add_pod("demo", "client", "node-1", &[], false)?;
         c.add_pod("demo", "other", "node-1", &[], false)?;
         let url = format!("http://{server_ip}:8080/");
-        curl_eventually(c, "demo", "client", &url)?;
-        curl_eventually(c, "demo", "other", &url)?;
+        c.curl_eventually("demo", "client", &url)?;
+        c.curl_eventually("demo", "other", &url)?;
         let policy = |principal: &str| {
             format!(
                 "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: server-callers, namespace: demo}}\nspec:\n  selector: {{matchLabels: {{app: server}}}}\n  action: ALLOW\n  rules:\n  - from:\n    - source: {{principals: [\"cluster.local/ns/demo/sa/{principal}\"]}}\n"
@@ -461,11 +421,11 @@ fn authorization_policy_is_enforced_on_captured_traffic() {
         };
         c.write_config("authz.demo.yaml", &policy("client"))?;
         curl_refused_eventually(c, "demo", "other", &url)?;
-        curl(c, "demo", "client", &url)?;
+        c.curl("demo", "client", &url)?;
         // Changed: now only `other` may call.
         c.write_config("authz.demo.yaml", &policy("other"))?;
         curl_refused_eventually(c, "demo", "client", &url)?;
-        curl(c, "demo", "other", &url)?;
+        c.curl("demo", "other", &url)?;
         Ok(())
     });
 }
@@ -476,7 +436,7 @@ fn ztunnel_killed_and_restarted_under_traffic_keeps_pods_captured() {
         let server_ip = c.add_pod("demo", "server", "node-2", &["app=server"], true)?;
         let client_ip = c.add_pod("demo", "client", "node-1", &[], false)?;
         let url = format!("http://{server_ip}:8080/");
-        curl_eventually(c, "demo", "client", &url)?;
+        c.curl_eventually("demo", "client", &url)?;
 
         // Traffic keeps flowing from the client while the server's node agent crashes.
         let mut load = Command::new("nsenter")
@@ -501,7 +461,7 @@ fn ztunnel_killed_and_restarted_under_traffic_keeps_pods_captured() {
         let body = poll(
             "a request right after the restart",
             Duration::from_secs(1),
-            || Ok(curl(c, "demo", "client", &url).ok()),
+            || Ok(c.curl("demo", "client", &url).ok()),
         )?;
         eprintln!("first request after ready took {:?}", ready.elapsed());
         anyhow::ensure!(
@@ -565,15 +525,7 @@ fn captured_traffic_to_a_service_goes_through_its_namespace_waypoint() {
         )?;
         // As istioctl: the Gateway, the waypoint pod (the tool's stand-in for the waypoint
         // controller), the namespace label, and a wait until it is programmed.
-        let out = c.cli(&[
-            "waypoint",
-            "-n",
-            "demo",
-            "apply",
-            "--enroll-namespace",
-            "--wait",
-        ])?;
-        anyhow::ensure!(out.contains("waypoint demo/waypoint is ready"), "{out}");
+        c.apply_namespace_waypoint("demo")?;
         let list: Value =
             serde_json::from_str(&c.cli(&["waypoint", "-n", "demo", "list", "-o", "json"])?)?;
         anyhow::ensure!(
@@ -587,13 +539,8 @@ fn captured_traffic_to_a_service_goes_through_its_namespace_waypoint() {
                 .any(|l| l.contains("True") && l.contains("Programmed")),
             "{status}"
         );
-        let st = c.status()?;
-        let wp_ip = st["pods"]
-            .as_object()
-            .context("pods")?
-            .values()
-            .find(|p| p["name"] == "waypoint" && p["namespace"] == "demo")
-            .and_then(|p| p["ip"].as_str())
+        let wp_ip = c.pod_status("demo", "waypoint")?["ip"]
+            .as_str()
             .context("waypoint pod IP in status")?
             .to_string();
         anyhow::ensure!(
@@ -606,17 +553,13 @@ fn captured_traffic_to_a_service_goes_through_its_namespace_waypoint() {
 
         // The redirect can only come from the waypoint's route.
         let out = poll("a 301 from the waypoint", Duration::from_secs(20), || {
-            let out = LocalCluster::in_netns(
+            let out = curl_in(
                 &c.pod_netns("demo", "client"),
                 &[
-                    "curl",
-                    "-sS",
                     "-o",
                     "/dev/null",
                     "-w",
                     "%{http_code} %{redirect_url}",
-                    "--max-time",
-                    "3",
                     &format!("http://{VIP}/old"),
                 ],
             )?;
@@ -626,7 +569,7 @@ fn captured_traffic_to_a_service_goes_through_its_namespace_waypoint() {
         anyhow::ensure!(out.contains("/new"), "Location of the redirect: {out}");
         // Other paths reach the server, from the waypoint's address (the waypoint made the
         // upstream connection, as in Istio).
-        let body = curl_eventually(c, "demo", "client", &format!("http://{VIP}/"))?;
+        let body = c.curl_eventually("demo", "client", &format!("http://{VIP}/"))?;
         anyhow::ensure!(
             body.contains("hello from pod server")
                 && body.contains(&format!("you called from {wp_ip}:")),
@@ -655,7 +598,7 @@ fn captured_traffic_to_a_service_goes_through_its_namespace_waypoint() {
             "meshctl tap to see 12 events",
             Duration::from_secs(20),
             || {
-                let _ = curl(c, "demo", "client", &format!("http://{VIP}/old"));
+                let _ = c.curl("demo", "client", &format!("http://{VIP}/old"));
                 Ok(tap.0.try_wait()?.map(|_| ()))
             },
         );
@@ -727,7 +670,7 @@ fn captured_traffic_to_a_service_goes_through_its_namespace_waypoint() {
             "/old served without the waypoint",
             Duration::from_secs(20),
             || {
-                Ok(curl(c, "demo", "client", &format!("http://{VIP}/old"))
+                Ok(c.curl("demo", "client", &format!("http://{VIP}/old"))
                     .ok()
                     .filter(|b| b.contains("hello from pod server")))
             },
@@ -818,14 +761,7 @@ fn grpcroute_routes_grpc_calls_by_method_through_the_waypoint() {
         c.write_config("grpcroute.demo.grpc.yaml",
             "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: grpc, namespace: demo}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: grpc, port: 9090}]\n  rules:\n  - matches: [{method: {service: demo.Echo, method: Count}}]\n    backendRefs: [{name: grpc-b, port: 9090}]\n  - backendRefs: [{name: grpc-a, port: 9090}]\n",
         )?;
-        c.cli(&[
-            "waypoint",
-            "-n",
-            "demo",
-            "apply",
-            "--enroll-namespace",
-            "--wait",
-        ])?;
+        c.apply_namespace_waypoint("demo")?;
 
         let target = "10.96.0.20:9090";
         // Unary: the default rule, backend grpc-a.
@@ -880,14 +816,7 @@ fn waypoint_passes_upgrades_and_relays_non_http_ports() {
         c.write_config("service.demo.echo.yaml",
             "apiVersion: v1\nkind: Service\nmetadata: {name: echo, namespace: demo}\nspec:\n  selector: {app: echo}\n  clusterIP: 10.96.0.40\n  ports:\n  - {name: http-ws, port: 7070, targetPort: 7070}\n  - {name: tcp-echo, port: 7071, targetPort: 7071}\n",
         )?;
-        c.cli(&[
-            "waypoint",
-            "-n",
-            "demo",
-            "apply",
-            "--enroll-namespace",
-            "--wait",
-        ])?;
+        c.apply_namespace_waypoint("demo")?;
         let run = |mode: &str, target: &str, data: &str| -> anyhow::Result<String> {
             let out = LocalCluster::in_netns(
                 &c.pod_netns("demo", "client"),

@@ -14,13 +14,41 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use mesh_e2e::local::{poll, prerequisites, repo_root, LocalCluster, RootNet, CNI_DIR};
+use mesh_e2e::local::{get_in, poll, prerequisites, repo_root, LocalCluster, RootNet, CNI_DIR};
 use mesh_e2e::netns::{have, is_root};
 use mesh_e2e::skip;
 use serde_json::Value;
 
 fn in_subnet(ip: &str, prefix: &str) -> bool {
     ip.starts_with(prefix) && ip[prefix.len()..].parse::<u8>().is_ok()
+}
+
+/// `meshctl local exec client -n NS -- curl URL` until it succeeds (the server process may still
+/// be starting: its answer is the readiness signal); the body. Through `exec` on purpose: these
+/// requests test it too.
+fn exec_curl_eventually(c: &LocalCluster, ns: &str, url: &str) -> anyhow::Result<String> {
+    poll(
+        &format!("{url} answering the client pod in {ns}"),
+        Duration::from_secs(30),
+        || {
+            let out = c.meshctl(&[
+                "exec",
+                "client",
+                "-n",
+                ns,
+                "--",
+                "curl",
+                "-sS",
+                "--max-time",
+                "3",
+                url,
+            ])?;
+            Ok(out
+                .status
+                .success()
+                .then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
+        },
+    )
 }
 
 #[test]
@@ -128,28 +156,7 @@ fn plain_cluster(c: &LocalCluster, before: &RootNet) -> anyhow::Result<()> {
     // node-1 -> node-2 through the cluster namespace, real curl against server.py. The server
     // process may still be starting: retry until it answers (its readiness signal).
     let url = format!("http://{server_ip}:8080/");
-    let body = poll(
-        "server.py answering the client pod",
-        Duration::from_secs(30),
-        || {
-            let out = c.meshctl(&[
-                "exec",
-                "client",
-                "-n",
-                "plain",
-                "--",
-                "curl",
-                "-sS",
-                "--max-time",
-                "3",
-                &url,
-            ])?;
-            Ok(out
-                .status
-                .success()
-                .then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
-        },
-    )?;
+    let body = exec_curl_eventually(c, "plain", &url)?;
     anyhow::ensure!(
         body.contains("hello from pod server"),
         "unexpected answer: {body}"
@@ -182,17 +189,10 @@ fn plain_cluster(c: &LocalCluster, before: &RootNet) -> anyhow::Result<()> {
         yaml.contains(&format!("podIP: {server_ip}")) && yaml.contains("nodeName: node-2"),
         "{yaml}"
     );
-    let out = LocalCluster::in_netns(
+    let cfg: Value = serde_json::from_str(&get_in(
         &cluster_ns,
-        &[
-            "curl",
-            "-sS",
-            "--max-time",
-            "5",
-            "http://10.243.0.1:15014/debug/config",
-        ],
-    )?;
-    let cfg: Value = serde_json::from_slice(&out.stdout)?;
+        "http://10.243.0.1:15014/debug/config",
+    )?)?;
     anyhow::ensure!(
         cfg["pods"]["plain/server"]["status"]["podIP"] == server_ip.as_str(),
         "istiod-lite's view: {}",
@@ -319,28 +319,7 @@ fn meshed_pods(c: &LocalCluster) -> anyhow::Result<()> {
         );
     }
     let url = format!("http://{server_ip}:8080/");
-    let body = poll(
-        "the meshed server answering",
-        Duration::from_secs(30),
-        || {
-            let out = c.meshctl(&[
-                "exec",
-                "client",
-                "-n",
-                "amb",
-                "--",
-                "curl",
-                "-sS",
-                "--max-time",
-                "3",
-                &url,
-            ])?;
-            Ok(out
-                .status
-                .success()
-                .then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
-        },
-    )?;
+    let body = exec_curl_eventually(c, "amb", &url)?;
     anyhow::ensure!(body.contains("hello from pod server"), "{body}");
     let log = c.dir.join("logs/ztunnel-node-1.log");
     poll(

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use mesh_e2e::local::{get_in, poll, with_ambient_cluster, LocalCluster};
+use mesh_e2e::local::{curl_in, get_in, poll, with_ambient_cluster, LocalCluster};
 use serde_json::Value;
 
 const VIP: &str = "10.96.0.20";
@@ -87,17 +87,9 @@ fn backend(
 
 /// One request from the client pod through the waypoint: (status, answering pod).
 fn request(c: &LocalCluster) -> anyhow::Result<(u16, String)> {
-    let out = LocalCluster::in_netns(
+    let out = curl_in(
         &c.pod_netns("demo", "client"),
-        &[
-            "curl",
-            "-sS",
-            "--max-time",
-            "3",
-            "-w",
-            "\n%{http_code}",
-            &format!("http://{VIP}/"),
-        ],
+        &["-w", "\n%{http_code}", &format!("http://{VIP}/")],
     )?;
     anyhow::ensure!(
         out.status.success(),
@@ -112,6 +104,18 @@ fn request(c: &LocalCluster) -> anyhow::Result<(u16, String)> {
         .unwrap_or("")
         .to_string();
     Ok((code.trim().parse()?, pod))
+}
+
+/// `count` requests in a row, every one answered 200 by `pod`.
+fn answered_by(c: &LocalCluster, pod: &str, count: usize, when: &str) -> anyhow::Result<()> {
+    for i in 0..count {
+        let r = request(c)?;
+        anyhow::ensure!(
+            r == (200, pod.to_string()),
+            "request {i} {when}: {r:?}, not (200, {pod})"
+        );
+    }
+    Ok(())
 }
 
 /// The first JSON object anywhere in `v` with `"name": name` and a `locality`.
@@ -155,22 +159,9 @@ fn pushed_locality(c: &LocalCluster, pod: &str, zone: &str) -> anyhow::Result<()
 fn waypoint_prefers_its_zone_and_fails_over_while_the_local_backend_is_ejected() {
     with_ambient_cluster(2, |c| {
         // The namespace's waypoint; wherever it lands is zone-a.
-        let out = c.cli(&[
-            "waypoint",
-            "-n",
-            "demo",
-            "apply",
-            "--enroll-namespace",
-            "--wait",
-        ])?;
-        anyhow::ensure!(out.contains("waypoint demo/waypoint is ready"), "{out}");
-        let st = c.status()?;
-        let wp_node = st["pods"]
-            .as_object()
-            .context("pods")?
-            .values()
-            .find(|p| p["name"] == "waypoint" && p["namespace"] == "demo")
-            .and_then(|p| p["node"].as_str())
+        c.apply_namespace_waypoint("demo")?;
+        let wp_node = c.pod_status("demo", "waypoint")?["node"]
+            .as_str()
             .context("waypoint pod's node in status")?
             .to_string();
         let other = if wp_node == "node-1" {
@@ -249,10 +240,7 @@ spec:
                 Ok(Some(()))
             },
         )?;
-        for i in 0..40 {
-            let r = request(c)?;
-            anyhow::ensure!(r == (200, "be-a".into()), "request {i} in zone-a: {r:?}");
-        }
+        answered_by(c, "be-a", 40, "in zone-a")?;
 
         // be-a fails: after its consecutive 5xx it is ejected and zone-b takes the traffic.
         std::fs::write(&fail_a, "")?;
@@ -274,13 +262,7 @@ spec:
             failures <= 2,
             "{failures} failed requests before be-a was ejected (consecutive5xxErrors: 2)"
         );
-        for i in 0..20 {
-            let r = request(c)?;
-            anyhow::ensure!(
-                r == (200, "be-b".into()),
-                "request {i} after the ejection: {r:?}"
-            );
-        }
+        answered_by(c, "be-b", 20, "after the ejection")?;
         anyhow::ensure!(
             ejected.elapsed() < Duration::from_secs(5),
             "the checks outlasted baseEjectionTime; the failover was not measured"
@@ -299,13 +281,7 @@ spec:
             back_after >= Duration::from_secs(4),
             "be-a came back after {back_after:?}, before baseEjectionTime"
         );
-        for i in 0..20 {
-            let r = request(c)?;
-            anyhow::ensure!(
-                r == (200, "be-a".into()),
-                "request {i} after readmission: {r:?}"
-            );
-        }
+        answered_by(c, "be-a", 20, "after readmission")?;
         Ok(())
     });
 }

@@ -9,9 +9,9 @@ use serde::Serialize;
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use super::{ztunnel_config::fetch_dump, Ctx};
+use super::{ztunnel_config::fetch_dump, Ctx, Endpoint};
 use crate::cli::{CheckArgs, LocalCluster};
-use crate::cmd::local::waypoint::{self as local, Endpoint};
+use crate::cmd::local::waypoint as local;
 use crate::config::{self, Ztunnel};
 use crate::dump::{cert_rows, format_time, ConfigDump};
 use crate::error::Error;

@@ -2,6 +2,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::host::{self, Host};
 use super::*;
+use crate::cmd::testing::{self, closed_addr};
 use crate::golden::{assert_golden, fixture_now, CONFIG_DUMP, CONFIG_DUMP_EXPIRED};
 
 #[derive(Default)]
@@ -183,12 +184,6 @@ fn xds_clients_are_named_by_node_else_by_proxy_id() {
     assert_eq!(c(serde_json::json!({"node_name": ""})), None);
 }
 
-/// A local address nothing listens on.
-fn closed_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
-}
-
 fn components(istiod: Endpoint, agent: impl Fn(&str) -> Endpoint) -> local::Components {
     local::Components {
         istiod,
@@ -244,7 +239,7 @@ fn local_mesh_checks_every_node_with_hints_naming_the_cluster_and_logs() {
     let down = Endpoint::host(closed_addr());
     let mesh = Mesh::of_local(&cluster, &components(down.clone(), |_| down.clone()));
     let env = HashMap::new();
-    let lines = mesh_checks(&mesh, &ctx(&env));
+    let lines = mesh_checks(&mesh, &testing::ctx(&env));
     let cp = &lines[0];
     assert_eq!(cp.status, Status::Fail);
     assert!(
@@ -273,48 +268,13 @@ fn local_mesh_checks_every_node_with_hints_naming_the_cluster_and_logs() {
     }
 }
 
-fn ctx(env: &HashMap<String, String>) -> Ctx<'_> {
-    Ctx {
-        env,
-        timeout: std::time::Duration::from_secs(1),
-        style: Style::default(),
-        now: fixture_now(),
-        progress: false,
-    }
-}
-
-fn run_with(env: &[(&str, &str)], args: &[&str]) -> Result<String, Error> {
-    use crate::cli::{Cli, Command};
-    use clap::Parser;
-    let env: HashMap<String, String> = env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let mut argv = vec!["meshctl", "check"];
-    argv.extend(args);
-    let Command::Check(a) = Cli::try_parse_from(argv).unwrap().command else {
-        panic!("not check")
-    };
-    let mut out = Vec::new();
-    run(&a, &ctx(&env), &mut out).map(|()| String::from_utf8_lossy(&out).into_owned())
-}
-
 #[test]
-fn meshctl_local_is_the_mesh_unless_addresses_are_given() {
+fn the_host_checks_alone_never_look_the_cluster_up() {
     let dir = tempfile::tempdir().unwrap();
     let state_dir = dir.path().to_str().unwrap();
-    let env = [("MESHCTL_LOCAL", "envc")];
-    let err = run_with(&env, &["--post", "--state-dir", state_dir]).unwrap_err();
-    assert!(
-        err.to_string().contains("cluster \"envc\" does not exist"),
-        "{err}"
+    let r = testing::run(
+        &[("MESHCTL_LOCAL", "envc")],
+        &["check", "--pre", "--state-dir", state_dir],
     );
-    assert_eq!(err.exit_code(), crate::error::EXIT_USAGE);
-    // Given addresses, the environment's cluster is not consulted: the addresses are checked.
-    let down = closed_addr();
-    let err = run_with(&env, &["--post", "--istiod", &down, "--ztunnel", &down]).unwrap_err();
-    assert!(matches!(err, Error::CheckFailed(_)), "{err}");
-    // The host checks alone never look the cluster up.
-    let r = run_with(&env, &["--pre", "--state-dir", state_dir]);
     assert!(matches!(r, Ok(_) | Err(Error::CheckFailed(_))), "{r:?}");
 }

@@ -23,31 +23,22 @@ struct View {
 
 impl View {
     fn fetch(a: &DescribeArgs, ctx: &Ctx<'_>) -> Result<View, Error> {
-        let local = a.local.clone().or_else(|| {
-            ctx.env
-                .get(crate::cmd::waypoint::LOCAL_ENV)
-                .filter(|s| !s.is_empty())
-        });
+        let addressed = !a.ztunnels.is_empty() || a.istiod.is_some();
         let mut dumps = Vec::new();
         let istiod;
-        if let Some(cluster) = local {
-            let dir = crate::cmd::local::state_dir(&cluster, a.state_dir.as_deref());
-            for (node, resp) in
-                crate::cmd::local::waypoint::ztunnel_dumps(&cluster, &dir, ctx.timeout)?
+        if let Some(cluster) = a.cluster.resolve(addressed, ctx.env)? {
+            let (name, dir) = (&cluster.name, &cluster.dir);
+            for (node, resp) in crate::cmd::local::waypoint::ztunnel_dumps(name, dir, ctx.timeout)?
             {
                 dumps.push((
                     node,
                     ConfigDump::parse(&resp.body).map_err(|e| Error::Usage(e.to_string()))?,
                 ));
             }
-            istiod = crate::cmd::local::waypoint::istiod_get(
-                &cluster,
-                &dir,
-                "/debug/config",
-                ctx.timeout,
-            )
-            .map_err(|e| e.to_string())
-            .and_then(|r| serde_json::from_slice(&r.body).map_err(|e| e.to_string()));
+            istiod =
+                crate::cmd::local::waypoint::istiod_get(name, dir, "/debug/config", ctx.timeout)
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| serde_json::from_slice(&r.body).map_err(|e| e.to_string()));
         } else {
             for z in config::ztunnels(&a.ztunnels, ctx.env)? {
                 let t = Target {

@@ -458,7 +458,7 @@ fn node_token(st: &ClusterState, node: &str) -> Result<String, LocalError> {
 }
 
 fn probe_200(ns: &str, addr: &str, path: &str) -> Result<(), String> {
-    let r = netns::http_get_in(ns, addr, path, PROBE_TIMEOUT)?;
+    let r = netns::http_get_in(ns, addr, path, PROBE_TIMEOUT).map_err(|e| e.to_string())?;
     if r.status == 200 {
         Ok(())
     } else {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use nix::sched::CloneFlags;
 
 use super::error::LocalError;
-use crate::http::Response;
+use crate::http::{HttpError, Response};
 
 /// Where `ip netns add` puts namespaces.
 pub const NETNS_DIR: &str = "/run/netns";
@@ -87,23 +87,42 @@ pub fn sysctl(ns: &str, key: &str, value: &str) -> Result<(), LocalError> {
     .map(drop)
 }
 
-/// GET `http://<addr><path>` from inside namespace `ns` (on a short-lived thread that joined
-/// it: setns(CLONE_NEWNET) affects only the calling thread).
+/// Moves the calling thread into namespace `name`. setns(CLONE_NEWNET) affects only the
+/// calling thread, so call it on a thread of its own that serves only that namespace.
+pub fn enter(name: &str) -> std::io::Result<()> {
+    let file = std::fs::File::open(path(name))?;
+    nix::sched::setns(&file, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+}
+
+/// GET `http://<addr><path>` from inside namespace `ns`, on a short-lived thread that
+/// [`enter`]s it. Not entering the namespace is a failed connection ([`HttpError::Connect`],
+/// naming it), and HTTP errors keep their kind: callers report them as they report the same
+/// failures on this host.
 pub fn http_get_in(
     ns: &str,
     addr: &str,
     req_path: &str,
     timeout: Duration,
-) -> Result<Response, String> {
-    let file = std::fs::File::open(path(ns))
-        .map_err(|e| format!("opening {}: {e}", path(ns).display()))?;
-    let addr = addr.to_string();
-    let req_path = req_path.to_string();
-    std::thread::spawn(move || {
-        nix::sched::setns(&file, CloneFlags::CLONE_NEWNET)
-            .map_err(|e| format!("entering the network namespace: {e}"))?;
-        crate::http::get(&addr, &req_path, timeout).map_err(|e| e.to_string())
-    })
-    .join()
-    .map_err(|_| "probe thread panicked".to_string())?
+) -> Result<Response, HttpError> {
+    let entering = |e: std::io::Error| {
+        HttpError::Connect(std::io::Error::new(
+            e.kind(),
+            format!("entering network namespace {ns}: {e}"),
+        ))
+    };
+    let (name, addr, req_path) = (ns.to_string(), addr.to_string(), req_path.to_string());
+    let joined = std::thread::spawn(
+        move || -> Result<Result<Response, HttpError>, std::io::Error> {
+            enter(&name)?;
+            Ok(crate::http::get(&addr, &req_path, timeout))
+        },
+    )
+    .join();
+    match joined {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(e)) => Err(entering(e)),
+        Err(_) => Err(HttpError::Io(std::io::Error::other(
+            "the request thread panicked",
+        ))),
+    }
 }

@@ -7,20 +7,18 @@
 //! waypoints here: every one of them listens inside its own network namespace.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use nix::sched::CloneFlags;
-
 use super::cluster::{ISTIOD_IP, MONITORING_PORT, XDS_PORT, ZTUNNEL_READINESS};
 use super::error::LocalError;
 use super::state::{pod_key, ClusterState, NodeState};
 use crate::cli::{LocalNamespaceArgs, PodAddArgs, PodRefArgs};
+use crate::cmd::Endpoint;
 use crate::error::Error;
-use crate::http::{HttpError, Response};
+use crate::http::Response;
 
 /// Label Istio puts on waypoint pods.
 pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
@@ -30,104 +28,6 @@ pub const ADMIN_IN_NETNS: &str = "127.0.0.1:15000";
 /// Stats address (`/metrics`) of a ztunnel or waypoint inside its own namespace (both bind
 /// every address of it on Istio's 15020).
 pub const STATS_IN_NETNS: &str = "127.0.0.1:15020";
-
-/// Where a component answers HTTP: an address on this host's network, or one inside a
-/// network namespace of a local cluster.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
-    /// `host:port`.
-    pub addr: String,
-    /// The namespace the address is reached from; `None`: this host's own network.
-    pub netns: Option<String>,
-}
-
-impl Endpoint {
-    /// `addr` on this host's network.
-    pub fn host(addr: impl Into<String>) -> Endpoint {
-        Endpoint {
-            addr: addr.into(),
-            netns: None,
-        }
-    }
-
-    /// `addr` inside namespace `netns`.
-    pub fn in_netns(netns: &str, addr: &str) -> Endpoint {
-        Endpoint {
-            addr: addr.to_string(),
-            netns: Some(netns.to_string()),
-        }
-    }
-
-    /// GETs `path`. Inside a namespace the request runs on a short-lived thread that joined it
-    /// (setns(CLONE_NEWNET) affects only the calling thread). Not entering the namespace is a
-    /// failed connection, and HTTP errors keep their kind (`netns::http_get_in` flattens them
-    /// to text), so callers report both places alike.
-    pub fn get(&self, path: &str, timeout: Duration) -> Result<Response, HttpError> {
-        let Some(ns) = &self.netns else {
-            return crate::http::get(&self.addr, path, timeout);
-        };
-        let entering = |e: std::io::Error| {
-            HttpError::Connect(std::io::Error::new(
-                e.kind(),
-                format!("entering network namespace {ns}: {e}"),
-            ))
-        };
-        let file = std::fs::File::open(super::netns::path(ns)).map_err(entering)?;
-        let (addr, path) = (self.addr.clone(), path.to_string());
-        let joined = std::thread::spawn(
-            move || -> Result<Result<Response, HttpError>, std::io::Error> {
-                nix::sched::setns(&file, CloneFlags::CLONE_NEWNET)?;
-                Ok(crate::http::get(&addr, &path, timeout))
-            },
-        )
-        .join();
-        match joined {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(e)) => Err(entering(e)),
-            Err(_) => Err(HttpError::Io(std::io::Error::other(
-                "the request thread panicked",
-            ))),
-        }
-    }
-
-    /// GETs `path` and requires a 2xx answer: [`Error::Unreachable`] or [`Error::BadResponse`]
-    /// otherwise, naming `what` and this endpoint, with `hint`.
-    pub fn fetch_ok(
-        &self,
-        what: &str,
-        hint: &str,
-        path: &str,
-        timeout: Duration,
-    ) -> Result<Response, Error> {
-        let r = self
-            .get(path, timeout)
-            .map_err(|source| Error::Unreachable {
-                what: what.to_string(),
-                addr: self.to_string(),
-                source,
-                hint: hint.to_string(),
-            })?;
-        if !(200..300).contains(&r.status) {
-            return Err(Error::BadResponse {
-                what: what.to_string(),
-                addr: self.to_string(),
-                path: path.to_string(),
-                why: r.summary(),
-                hint: hint.to_string(),
-            });
-        }
-        Ok(r)
-    }
-}
-
-impl fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.netns {
-            None => f.write_str(&self.addr),
-            Some(ns) => write!(f, "{} in netns {ns}", self.addr),
-        }
-    }
-}
 
 /// One node's ztunnel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -299,13 +199,18 @@ pub fn ztunnel_dump(
 }
 
 /// What `meshctl tap --local` reads: each node's ztunnel and each waypoint pod, as (label,
-/// netns path); their admin ports are 127.0.0.1:15000 inside those namespaces.
-pub fn tap_sources(cluster: &str, dir: &Path) -> Result<Vec<(String, PathBuf)>, LocalError> {
+/// admin endpoint inside its namespace).
+pub fn tap_sources(cluster: &str, dir: &Path) -> Result<Vec<(String, Endpoint)>, LocalError> {
     let st = load(cluster, dir)?;
-    let mut v: Vec<(String, PathBuf)> = st
+    let mut v: Vec<(String, Endpoint)> = st
         .nodes
         .iter()
-        .map(|n| (format!("ztunnel {}", n.name), super::netns::path(&n.netns)))
+        .map(|n| {
+            (
+                format!("ztunnel {}", n.name),
+                Endpoint::in_netns(&n.netns, ADMIN_IN_NETNS),
+            )
+        })
         .collect();
     v.extend(
         st.pods
@@ -314,7 +219,7 @@ pub fn tap_sources(cluster: &str, dir: &Path) -> Result<Vec<(String, PathBuf)>, 
             .map(|p| {
                 (
                     format!("waypoint {}/{}", p.namespace, p.name),
-                    super::netns::path(&p.netns),
+                    Endpoint::in_netns(&p.netns, ADMIN_IN_NETNS),
                 )
             }),
     );
@@ -493,22 +398,31 @@ mod tests {
     }
 
     #[test]
-    fn a_namespace_that_cannot_be_entered_is_a_failed_connection() {
-        let e = Endpoint::in_netns("ambrs-no-such-cluster-here", "127.0.0.1:15000");
-        let err = e.get("/", Duration::from_secs(1)).unwrap_err();
-        assert!(matches!(err, HttpError::Connect(_)), "{err}");
-        assert!(
-            err.to_string()
-                .contains("entering network namespace ambrs-no-such-cluster-here"),
-            "{err}"
-        );
+    fn tap_sources_are_every_node_agent_and_waypoint_admin_port_in_their_namespaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = state(true);
+        st.dir = dir.path().to_path_buf();
+        st.save().unwrap();
+        let shown: Vec<(String, String)> = tap_sources("c", dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|(label, at)| (label, at.to_string()))
+            .collect();
+        let want = [
+            ("ztunnel node-1", "127.0.0.1:15000 in netns ambrs-c.node-1"),
+            ("ztunnel node-2", "127.0.0.1:15000 in netns ambrs-c.node-2"),
+            (
+                "waypoint demo/waypoint",
+                "127.0.0.1:15000 in netns ambrs-c.demo.waypoint",
+            ),
+        ]
+        .map(|(l, a)| (l.to_string(), a.to_string()));
+        assert_eq!(shown, want);
     }
 
     #[test]
     fn an_agent_that_does_not_answer_is_unreachable_naming_its_node_and_log() {
-        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = closed.local_addr().unwrap().to_string();
-        drop(closed);
+        let addr = crate::cmd::testing::closed_addr();
         let agent = NodeAgent {
             node: "node-2".into(),
             admin: Endpoint::host(&addr),

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use self::figures::{observe, rows, ByReporter, Kind, Row, Selector};
-use super::{bad_response, fetch_ok, ztunnel_config::fetch_dump, Ctx, Target};
+use super::{bad_response, fetch_ok, ztunnel_config::fetch_dump, Ctx, Endpoint, Target};
 use crate::cli::{LocalCluster, StatArgs};
-use crate::cmd::local::waypoint::{self as local, Endpoint};
+use crate::cmd::local::waypoint as local;
 use crate::config::{self, PrometheusUrl, Source};
 use crate::dump::Workload;
 use crate::error::Error;

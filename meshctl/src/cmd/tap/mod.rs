@@ -11,7 +11,8 @@ use std::sync::mpsc;
 use serde_json::Value;
 
 use crate::cli::TapArgs;
-use crate::cmd::Ctx;
+use crate::cmd::local::netns;
+use crate::cmd::{Ctx, Endpoint};
 use crate::config;
 use crate::error::Error;
 use crate::http;
@@ -29,57 +30,45 @@ pub fn run(a: &TapArgs, ctx: &Ctx<'_>, out: &mut dyn Write) -> Result<(), Error>
         ));
     }
     let query = query(a)?;
-    // (label, netns to enter or None, admin address)
-    let mut sources: Vec<(String, Option<std::path::PathBuf>, String)> = Vec::new();
-    let local = a.local.clone().or_else(|| {
-        ctx.env
-            .get(crate::cmd::waypoint::LOCAL_ENV)
-            .filter(|s| !s.is_empty())
-    });
-    if let Some(cluster) = local {
-        let dir = crate::cmd::local::state_dir(&cluster, a.state_dir.as_deref());
-        for (label, netns) in crate::cmd::local::waypoint::tap_sources(&cluster, &dir)? {
-            sources.push((label, Some(netns), "127.0.0.1:15000".into()));
+    let addressed = !a.ztunnels.is_empty() || !a.waypoints.is_empty();
+    // (label, admin endpoint): a local cluster's components listen inside their namespaces.
+    let sources: Vec<(String, Endpoint)> = match a.cluster.resolve(addressed, ctx.env)? {
+        Some(cluster) => crate::cmd::local::waypoint::tap_sources(&cluster.name, &cluster.dir)?,
+        None => {
+            let mut v = Vec::new();
+            for z in config::ztunnels(&a.ztunnels, ctx.env)? {
+                v.push((z.admin.clone(), Endpoint::host(z.admin)));
+            }
+            for w in &a.waypoints {
+                let addr = config::normalize_addr(w, "waypoint admin address")?;
+                v.push((addr.clone(), Endpoint::host(addr)));
+            }
+            v
         }
-    } else {
-        for z in config::ztunnels(&a.ztunnels, ctx.env)? {
-            sources.push((z.admin.clone(), None, z.admin));
-        }
-        for w in &a.waypoints {
-            let addr = config::normalize_addr(w, "waypoint admin address")?;
-            sources.push((addr.clone(), None, addr));
-        }
-    }
+    };
     let (tx, rx) = mpsc::channel::<Result<(String, Vec<u8>), Error>>();
-    for (label, netns, admin) in sources {
+    for (label, admin) in sources {
         let tx = tx.clone();
         let path = format!("/debug/tap{query}");
         let timeout = ctx.timeout;
+        // A thread per source, so it can join its source's namespace for the whole stream.
         std::thread::spawn(move || {
-            // A local cluster's components listen inside their own network namespaces: this
-            // thread joins it (setns affects only the calling thread).
-            if let Some(ns) = &netns {
-                let joined = std::fs::File::open(ns)
-                    .map_err(|e| e.to_string())
-                    .and_then(|f| {
-                        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
-                            .map_err(|e| e.to_string())
-                    });
-                if let Err(e) = joined {
+            if let Some(ns) = &admin.netns {
+                if let Err(e) = netns::enter(ns) {
                     let _ = tx.send(Err(Error::Usage(format!(
                         "{label}: cannot enter {}: {e}",
-                        ns.display()
+                        netns::path(ns).display()
                     ))));
                     return;
                 }
             }
-            let res = http::stream_lines(&admin, &path, timeout, |line| {
+            let res = http::stream_lines(&admin.addr, &path, timeout, |line| {
                 tx.send(Ok((label.clone(), line.to_vec()))).is_ok()
             });
             if let Err(source) = res {
                 let _ = tx.send(Err(Error::Unreachable {
                     what: "tap source".into(),
-                    addr: format!("{label} ({admin})"),
+                    addr: format!("{label} ({})", admin.addr),
                     source,
                     hint: HINT.into(),
                 }));
@@ -272,8 +261,7 @@ mod tests {
             target: target.map(String::from),
             ztunnels: vec![],
             waypoints: vec![],
-            local: None,
-            state_dir: None,
+            cluster: Default::default(),
             limit: Some(3),
             duration: Some(Duration::from_secs(2)),
             output: Format::Table,

@@ -16,38 +16,35 @@ use serde_json::Value;
 
 use crate::cli::{WaypointArgs, WaypointCommand};
 use crate::cmd::{fetch_ok, Ctx, Target};
-use crate::config;
+use crate::config::{self, env};
 use crate::error::Error;
 use crate::output::{write_data, Format, Table};
 
-/// Environment variable naming a `meshctl local` cluster to use.
-pub const LOCAL_ENV: &str = "MESHCTL_LOCAL";
-/// Environment variable naming istiod-lite's config directory.
-pub const CONFIG_DIR_ENV: &str = "MESHCTL_CONFIG_DIR";
-
 /// Where the Gateways live.
+#[derive(Debug, PartialEq, Eq)]
 enum Place {
     Local { cluster: String, dir: PathBuf },
     Files { config_dir: PathBuf, istiod: String },
 }
 
 impl Place {
+    /// `--config-dir` and `--istiod` name the files' place, so either keeps `MESHCTL_LOCAL` out.
     fn resolve(a: &WaypointArgs, ctx: &Ctx<'_>) -> Result<Place, Error> {
-        let local = a
-            .local
-            .clone()
-            .or_else(|| ctx.env.get(LOCAL_ENV).filter(|s| !s.is_empty()));
-        if let Some(cluster) = local {
-            let dir = crate::cmd::local::state_dir(&cluster, a.state_dir.as_deref());
-            return Ok(Place::Local { cluster, dir });
+        let addressed = a.config_dir.is_some() || a.istiod.is_some();
+        if let Some(c) = a.cluster.resolve(addressed, ctx.env)? {
+            return Ok(Place::Local {
+                cluster: c.name,
+                dir: c.dir,
+            });
         }
         let config_dir = a
             .config_dir
             .clone()
-            .or_else(|| ctx.env.get(CONFIG_DIR_ENV).filter(|s| !s.is_empty()).map(PathBuf::from))
+            .or_else(|| ctx.env.get(env::CONFIG_DIR).filter(|s| !s.is_empty()).map(PathBuf::from))
             .ok_or_else(|| {
                 Error::Usage(format!(
-                    "where do waypoints go? give --local CLUSTER (a `meshctl local` cluster, or {LOCAL_ENV}) or --config-dir DIR (istiod-lite's CONFIG_DIR, or {CONFIG_DIR_ENV})"
+                    "where do waypoints go? give --local CLUSTER (a `meshctl local` cluster, or {}) or --config-dir DIR (istiod-lite's CONFIG_DIR, or {})",
+                    env::LOCAL, env::CONFIG_DIR
                 ))
             })?;
         Ok(Place::Files {

@@ -9,9 +9,8 @@ use std::io::Write;
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use super::Ctx;
+use super::{Ctx, Endpoint};
 use crate::cli::{Section, ZtunnelConfigArgs};
-use crate::cmd::local::waypoint::Endpoint;
 use crate::config;
 use crate::dump::{cert_rows, format_time, title_case, waypoint_name, ConfigDump};
 use crate::error::Error;

@@ -1,7 +1,6 @@
 //! Golden tables and JSON/YAML shapes from the fixture dump.
 
 use super::*;
-use crate::cmd::Ctx;
 use crate::golden::{assert_golden, fixture_now, CONFIG_DUMP};
 
 fn dump() -> ConfigDump {
@@ -184,14 +183,8 @@ fn local_flag_conflicts_with_admin_and_names_unknown_clusters_and_nodes() {
         (Some("c"), Some("node-2"))
     );
 
-    let env: std::collections::HashMap<String, String> = Default::default();
-    let ctx = Ctx {
-        env: &env,
-        timeout: std::time::Duration::from_secs(1),
-        style: Default::default(),
-        now: fixture_now(),
-        progress: false,
-    };
+    let env = Default::default();
+    let ctx = crate::cmd::testing::ctx(&env);
     let dir = tempfile::tempdir().unwrap();
     let err = local::dump("c", dir.path(), None, &ctx).unwrap_err();
     assert!(err.to_string().contains("does not exist"), "{err}");
@@ -215,60 +208,4 @@ fn local_flag_conflicts_with_admin_and_names_unknown_clusters_and_nodes() {
         "{err}"
     );
     assert_eq!(err.exit_code(), crate::error::EXIT_USAGE);
-}
-
-fn run_with(env: &[(&str, &str)], args: &[&str]) -> Result<String, Error> {
-    use crate::cli::{Cli, Command};
-    use clap::Parser;
-    let env: std::collections::HashMap<String, String> = env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let ctx = Ctx {
-        env: &env,
-        timeout: std::time::Duration::from_secs(1),
-        style: Default::default(),
-        now: fixture_now(),
-        progress: false,
-    };
-    let mut argv = vec!["meshctl", "ztunnel-config"];
-    argv.extend(args);
-    let Command::ZtunnelConfig(a) = Cli::try_parse_from(argv).unwrap().command else {
-        panic!("not ztunnel-config")
-    };
-    let mut out = Vec::new();
-    run(&a, &ctx, &mut out).map(|()| String::from_utf8_lossy(&out).into_owned())
-}
-
-#[test]
-fn meshctl_local_is_the_cluster_unless_admin_names_an_agent() {
-    let dir = tempfile::tempdir().unwrap();
-    let state_dir = dir.path().to_str().unwrap();
-    // From the environment: the cluster is looked up (and does not exist here).
-    let err = run_with(
-        &[("MESHCTL_LOCAL", "envc")],
-        &["workloads", "--state-dir", state_dir],
-    )
-    .unwrap_err();
-    assert!(
-        err.to_string().contains("cluster \"envc\" does not exist"),
-        "{err}"
-    );
-    // --admin names one agent: the environment's cluster is not consulted, the address is.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = closed.local_addr().unwrap().to_string();
-    drop(closed);
-    let err = run_with(
-        &[("MESHCTL_LOCAL", "envc")],
-        &["workloads", "--admin", &addr],
-    )
-    .unwrap_err();
-    assert!(
-        matches!(&err, Error::Unreachable { addr: a, .. } if *a == addr),
-        "{err}"
-    );
-    assert_eq!(err.exit_code(), crate::error::EXIT_UNREACHABLE);
-    // --state-dir without a cluster would be ignored: refused.
-    let err = run_with(&[], &["workloads", "--state-dir", state_dir]).unwrap_err();
-    assert_eq!(err.exit_code(), crate::error::EXIT_USAGE, "{err}");
 }
