@@ -149,12 +149,13 @@ impl Config {
         };
         let namespace = required(env::POD_NAMESPACE)?;
         let gateway = required(env::GATEWAY_NAME)?;
-        let tracing = crate::trace::TraceConfig::from_source(src, &format!("{gateway}.{namespace}"))
-            .map_err(|reason| ConfigError::Invalid {
-                var: crate::trace::env::OTLP_ENDPOINT,
-                value: String::new(),
-                reason,
-            })?;
+        let tracing =
+            crate::trace::TraceConfig::from_source(src, &format!("{gateway}.{namespace}"))
+                .map_err(|reason| ConfigError::Invalid {
+                    var: crate::trace::env::OTLP_ENDPOINT,
+                    value: String::new(),
+                    reason,
+                })?;
         Ok(Config {
             ca_address: get(env::CA_ADDRESS).unwrap_or_else(|| xds_address.clone()),
             xds_address,

@@ -74,10 +74,15 @@ mod tests {
         };
         let v = event(&r);
         assert_eq!(v["event"], "request");
-        assert_eq!((v["method"].as_str(), v["path"].as_str()), (Some("GET"), Some("/x")));
+        assert_eq!(
+            (v["method"].as_str(), v["path"].as_str()),
+            (Some("GET"), Some("/x"))
+        );
         assert_eq!(v["status"], 404);
-        assert!(mesh_tap::Filter::from_query(Some("namespace=ns&workload=b"))
-            .expect("filter")
-            .matches(&v));
+        assert!(
+            mesh_tap::Filter::from_query(Some("namespace=ns&workload=b"))
+                .expect("filter")
+                .matches(&v)
+        );
     }
 }

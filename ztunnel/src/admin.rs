@@ -10,8 +10,8 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
-pub use mesh_admin::{serve, Body};
 use mesh_admin::{json, prometheus, text};
+pub use mesh_admin::{serve, Body};
 
 /// Binds a listener, naming the address in the error.
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {

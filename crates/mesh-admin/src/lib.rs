@@ -35,8 +35,10 @@ pub fn prometheus(body: String) -> Response<Body> {
 }
 
 fn with_type(mut r: Response<Body>, ct: &'static str) -> Response<Body> {
-    r.headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(ct));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(ct),
+    );
     r
 }
 
@@ -66,8 +68,12 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Serves `handler` on `listener` until `shutdown`.
-pub async fn serve<F>(listener: TcpListener, name: &'static str, shutdown: CancellationToken, handler: F)
-where
+pub async fn serve<F>(
+    listener: TcpListener,
+    name: &'static str,
+    shutdown: CancellationToken,
+    handler: F,
+) where
     F: Fn(Request<Incoming>) -> Response<Body> + Clone + Send + Sync + 'static,
 {
     info!(server = name, addr = ?listener.local_addr().ok(), "listening");

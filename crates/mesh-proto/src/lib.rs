@@ -47,6 +47,8 @@ pub mod google {
     }
 }
 
+/// `ambient.route.v1`: our own waypoint routing resources (not an Istio API).
+pub use ambient::route::v1 as route;
 /// `envoy.service.discovery.v3`: delta aggregated discovery service.
 pub use envoy::service::discovery::v3 as xds;
 /// `istio.security`: L4 authorization policies.
@@ -55,8 +57,6 @@ pub use istio::security;
 pub use istio::v1::auth as ca;
 /// `istio.workload`: Workload and Service resources pushed to ztunnels.
 pub use istio::workload;
-/// `ambient.route.v1`: our own waypoint routing resources (not an Istio API).
-pub use ambient::route::v1 as route;
 
 /// Type URL of `istio.workload.Address` resources.
 pub const ADDRESS_TYPE_URL: &str = "type.googleapis.com/istio.workload.Address";

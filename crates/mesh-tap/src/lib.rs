@@ -106,11 +106,15 @@ impl Filter {
                 "namespace" if !v.is_empty() => f.namespace = Some(v.to_string()),
                 "workload" if !v.is_empty() => f.workload = Some(v.to_string()),
                 "limit" => {
-                    f.limit = Some(v.parse().map_err(|_| format!("limit={v:?} is not a number"))?)
+                    f.limit = Some(
+                        v.parse()
+                            .map_err(|_| format!("limit={v:?} is not a number"))?,
+                    )
                 }
                 "duration" => {
                     f.duration = Some(
-                        mesh_config::parse_duration(v).map_err(|e| format!("duration={v:?}: {e}"))?,
+                        mesh_config::parse_duration(v)
+                            .map_err(|e| format!("duration={v:?}: {e}"))?,
                     )
                 }
                 other => {
@@ -126,7 +130,9 @@ impl Filter {
     /// Whether the event involves the namespace (and workload, when given) on either side.
     pub fn matches(&self, ev: &Value) -> bool {
         let side = |p: &Value| {
-            self.namespace.as_deref().is_none_or(|n| p["namespace"] == n)
+            self.namespace
+                .as_deref()
+                .is_none_or(|n| p["namespace"] == n)
                 && self.workload.as_deref().is_none_or(|w| p["workload"] == w)
         };
         side(&ev["src"]) || side(&ev["dst"])
@@ -143,10 +149,15 @@ mod tests {
     fn filter_parsing_and_matching() {
         assert_eq!(Filter::from_query(None), Ok(Filter::default()));
         let f = Filter::from_query(Some("namespace=a&workload=w&limit=3&duration=2s")).expect("ok");
-        assert_eq!((f.limit, f.duration), (Some(3), Some(Duration::from_secs(2))));
+        assert_eq!(
+            (f.limit, f.duration),
+            (Some(3), Some(Duration::from_secs(2)))
+        );
         assert!(Filter::from_query(Some("limit=x")).is_err());
         assert!(Filter::from_query(Some("bogus=1")).is_err());
-        assert!(f.matches(&json!({"src": {"namespace": "b"}, "dst": {"namespace": "a", "workload": "w"}})));
+        assert!(f.matches(
+            &json!({"src": {"namespace": "b"}, "dst": {"namespace": "a", "workload": "w"}})
+        ));
         assert!(!f.matches(&json!({"src": {"namespace": "a", "workload": "x"}, "dst": {}})));
     }
 

@@ -244,7 +244,11 @@ pub fn build(
         let mut resources = ResourceMap::new();
         for (name, mut r) in routes {
             // L7 security rides in each Service's routes (l7_authz).
-            r.security = l7.for_service(cfg, &key, &ObjectKey::new(r.namespace.clone(), r.name.clone()));
+            r.security = l7.for_service(
+                cfg,
+                &key,
+                &ObjectKey::new(r.namespace.clone(), r.name.clone()),
+            );
             insert(
                 &mut resources,
                 Resource::new(SERVICE_ROUTES_TYPE_URL, name, &r),

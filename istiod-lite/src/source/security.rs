@@ -817,8 +817,14 @@ impl Kind for RequestAuthentication {
             non_empty_values(&format!("{p}.audiences"), &r.audiences)?;
             let unsupported = [
                 ("fromCookies", !r.from_cookies.is_empty()),
-                ("outputPayloadToHeader", r.output_payload_to_header.is_some()),
-                ("outputClaimToHeaders", !r.output_claim_to_headers.is_empty()),
+                (
+                    "outputPayloadToHeader",
+                    r.output_payload_to_header.is_some(),
+                ),
+                (
+                    "outputClaimToHeaders",
+                    !r.output_claim_to_headers.is_empty(),
+                ),
             ];
             if let Some((f, _)) = unsupported.iter().find(|(_, set)| *set) {
                 return Err(FieldError::new(
