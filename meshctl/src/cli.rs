@@ -82,10 +82,10 @@ pub struct DescribeArgs {
     #[arg(long, short = 'n', default_value = "default")]
     pub namespace: String,
     /// ztunnels to ask, ADMIN[,READINESS[,STATS]]; repeatable [env: MESHCTL_ZTUNNELS].
-    #[arg(long = "ztunnel", value_name = "ADMIN")]
+    #[arg(long = "ztunnel", value_name = "ADMIN", conflicts_with = "local")]
     pub ztunnels: Vec<String>,
     /// istiod-lite's monitoring address, for routes [env: MESHCTL_ISTIOD].
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", conflicts_with = "local")]
     pub istiod: Option<String>,
     /// The local cluster, instead of --ztunnel and --istiod (its ztunnels and istiod-lite).
     #[command(flatten)]
@@ -197,10 +197,10 @@ pub struct TapArgs {
     #[arg(value_name = "NS[/WORKLOAD]")]
     pub target: Option<String>,
     /// A ztunnel, ADMIN[,READINESS[,STATS]]; repeatable [env: MESHCTL_ZTUNNELS].
-    #[arg(long = "ztunnel", value_name = "ADMIN")]
+    #[arg(long = "ztunnel", value_name = "ADMIN", conflicts_with = "local")]
     pub ztunnels: Vec<String>,
     /// A waypoint's admin address (request events); repeatable.
-    #[arg(long = "waypoint", value_name = "ADMIN")]
+    #[arg(long = "waypoint", value_name = "ADMIN", conflicts_with = "local")]
     pub waypoints: Vec<String>,
     /// The local cluster, instead of --ztunnel and --waypoint: every node's ztunnel and every
     /// waypoint pod in it.
@@ -380,6 +380,12 @@ impl LocalClusterArgs {
             env.get(crate::config::env::LOCAL)
                 .filter(|s| !s.trim().is_empty())
         };
+        // clap refuses the pair where it can; global flags (waypoint's) it cannot.
+        if self.local.is_some() && addressed {
+            return Err(Error::Usage(
+                "--local replaces the address flags: give one or the other".into(),
+            ));
+        }
         let name = self
             .local
             .clone()
@@ -652,6 +658,26 @@ mod tests {
                 "--admin",
                 "127.0.0.1:1",
             ],
+            &[
+                "describe",
+                "pod",
+                "p",
+                "--local",
+                "c",
+                "--ztunnel",
+                "127.0.0.1:1",
+            ],
+            &[
+                "describe",
+                "pod",
+                "p",
+                "--local",
+                "c",
+                "--istiod",
+                "127.0.0.1:1",
+            ],
+            &["tap", "--local", "c", "--ztunnel", "127.0.0.1:1"],
+            &["tap", "--local", "c", "--waypoint", "127.0.0.1:1"],
         ] {
             let err = parse(refused).expect_err(&refused.join(" "));
             assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
@@ -731,19 +757,6 @@ mod tests {
         ] {
             assert_eq!(cluster(args), want, "{}", args.join(" "));
         }
-        // Addresses and a cluster together: the flag wins (resolve), clap does not refuse it.
-        let c = cluster(&[
-            "describe",
-            "pod",
-            "p",
-            "--ztunnel",
-            "127.0.0.1:1",
-            "--local",
-            "c",
-            "--state-dir",
-            "/s",
-        ]);
-        assert_eq!(c, want);
     }
 
     #[test]
@@ -762,11 +775,14 @@ mod tests {
                 dir: dir.into(),
             })
         };
-        // The flag wins over the environment, even when addresses were given.
+        // The flag wins over the environment; with addresses too it is a usage error (clap
+        // catches most pairs, this catches the global ones).
         assert_eq!(
-            flag(Some("a"), None).resolve(true, &env("b")).unwrap(),
+            flag(Some("a"), None).resolve(false, &env("b")).unwrap(),
             cluster("a", "/run/ambient-rs/local/a")
         );
+        let err = flag(Some("a"), None).resolve(true, &env("b")).unwrap_err();
+        assert_eq!(err.exit_code(), crate::error::EXIT_USAGE, "{err}");
         // The environment, with --state-dir.
         assert_eq!(
             flag(None, Some("/s")).resolve(false, &env("b")).unwrap(),

@@ -96,8 +96,9 @@ fn cases(down: &str, dir: &str) -> Vec<Case> {
     ]
 }
 
-/// The rule of `LocalClusterArgs::resolve`, as each command applies it: `--local` wins;
-/// else `MESHCTL_LOCAL` unless a flag named components; an empty `MESHCTL_LOCAL` is unset;
+/// The rule of `LocalClusterArgs::resolve`, as each command applies it: `--local` wins (and
+/// is refused together with an address flag); else `MESHCTL_LOCAL` unless a flag named
+/// components; an empty `MESHCTL_LOCAL` is unset;
 /// `--state-dir` without a cluster is a usage error.
 #[test]
 fn every_command_takes_local_else_meshctl_local_unless_given_addresses() {
@@ -155,6 +156,28 @@ fn every_command_takes_local_else_meshctl_local_unless_given_addresses() {
         for flags in &case.addressed {
             let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
             at_addresses(run(&with_local("envc"), cmd, &flags));
+            // --local and an address flag together: refused (by clap, or by resolve where clap
+            // cannot see the pair), exit 2 either way.
+            let mut argv: Vec<&str> = cmd.iter().map(String::as_str).collect();
+            argv.extend(["--local", "flagc"]);
+            argv.extend(&flags);
+            match <crate::cli::Cli as clap::Parser>::try_parse_from(
+                std::iter::once("meshctl").chain(argv.iter().copied()),
+            ) {
+                Err(e) => assert_eq!(
+                    e.kind(),
+                    clap::error::ErrorKind::ArgumentConflict,
+                    "{argv:?}"
+                ),
+                Ok(_) => {
+                    let err = testing::run(&fallback, &argv).unwrap_err();
+                    assert_eq!(err.exit_code(), EXIT_USAGE, "{argv:?}: {err}");
+                    assert!(
+                        err.to_string().contains("one or the other"),
+                        "{argv:?}: {err}"
+                    );
+                }
+            }
         }
         at_addresses(run(&with_local(" "), cmd, &[]));
         let (line, err) = run(&fallback, cmd, &["--state-dir", state_dir]);
