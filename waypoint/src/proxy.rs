@@ -793,7 +793,8 @@ async fn attempt_once(
         (None, Some(b)) => Some((b, true)),
         (None, None) => None,
     };
-    let fut = upstream::send(&ctx.proxy, &ep, h2, req);
+    let max_per_conn = backend.cluster.policy.pool.max_requests_per_connection;
+    let fut = upstream::send(&ctx.proxy, &ep, h2, max_per_conn, req);
     let result = match bound {
         None => fut.await,
         Some((t, overall)) => match tokio::time::timeout(t, fut).await {

@@ -628,6 +628,7 @@ fn policy(host: &str, p: Option<&pb::TrafficPolicy>) -> Result<cluster::Policy, 
             max_connections: c.max_connections,
             max_pending: c.http1_max_pending_requests,
             max_requests: c.http2_max_requests,
+            max_requests_per_connection: c.max_requests_per_connection,
         })
         .unwrap_or_default();
     let outlier = p

@@ -466,7 +466,7 @@ pub struct HttpPool {
     /// Requests in flight.
     #[serde(default)]
     pub http2_max_requests: Option<u32>,
-    /// Requests per connection (always 1 at the waypoint today).
+    /// Requests per upstream connection before the waypoint retires it (0 = no limit).
     #[serde(default)]
     pub max_requests_per_connection: Option<u32>,
 }

@@ -56,14 +56,17 @@ pub fn spawn(
             }
         };
         let h2 = parts.version == http::Version::HTTP_2;
+        let max_per_conn = m.backend.cluster.policy.pool.max_requests_per_connection;
         let proxy = proxy.clone();
         let span =
             tracing::debug_span!("mirror", backend = %m.backend.hostname, upstream = %ep.addr);
         tokio::spawn(
             async move {
-                let sent =
-                    tokio::time::timeout(MIRROR_TIMEOUT, upstream::send(&proxy, &ep, h2, req))
-                        .await;
+                let sent = tokio::time::timeout(
+                    MIRROR_TIMEOUT,
+                    upstream::send(&proxy, &ep, h2, max_per_conn, req),
+                )
+                .await;
                 match sent {
                     Ok(Ok(resp)) => {
                         let status = resp.status();

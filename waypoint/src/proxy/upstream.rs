@@ -161,7 +161,8 @@ pub async fn connect(proxy: &Proxy, ep: &Endpoint) -> Result<Box<dyn Io>, Upstre
 /// Idle HTTP connections per backend, reused across requests: opening a fresh HBONE stream and
 /// HTTP handshake for every request would dominate the cost of a small one. HTTP/2 connections
 /// multiplex every request; HTTP/1.1 ones are taken one request at a time and become ready again
-/// once the previous response body has been read.
+/// once the previous response body has been read. A connection that has carried the
+/// DestinationRule's `maxRequestsPerConnection` requests is not used again.
 #[derive(Default)]
 pub struct HttpPool {
     conns: Mutex<HashMap<ConnKey, Conns>>,
@@ -177,55 +178,93 @@ struct ConnKey {
     h2: bool,
 }
 
+/// A connection and the requests it has been given.
+struct Counted<S> {
+    sender: S,
+    used: u32,
+}
+
 enum Conns {
-    H1(Vec<hyper::client::conn::http1::SendRequest<RespBody>>),
-    H2(hyper::client::conn::http2::SendRequest<RespBody>),
+    H1(Vec<Counted<hyper::client::conn::http1::SendRequest<RespBody>>>),
+    H2(Counted<hyper::client::conn::http2::SendRequest<RespBody>>),
 }
 
 /// Idle HTTP/1.1 connections kept per backend.
 const MAX_IDLE_H1: usize = 64;
 
+/// May a connection that carried `used` requests take another? (`max` 0 = no limit.)
+fn may_reuse(used: u32, max: u32) -> bool {
+    max == 0 || used < max
+}
+
 impl HttpPool {
-    fn take_h1(&self, key: &ConnKey) -> Option<hyper::client::conn::http1::SendRequest<RespBody>> {
+    fn take_h1(
+        &self,
+        key: &ConnKey,
+    ) -> Option<Counted<hyper::client::conn::http1::SendRequest<RespBody>>> {
         let mut map = self.conns.lock().ok()?;
         let Some(Conns::H1(list)) = map.get_mut(key) else {
             return None;
         };
-        list.retain(|s| !s.is_closed());
-        let i = list.iter().position(|s| s.is_ready())?;
+        list.retain(|c| !c.sender.is_closed());
+        let i = list.iter().position(|c| c.sender.is_ready())?;
         Some(list.swap_remove(i))
     }
 
-    fn put_h1(&self, key: ConnKey, sender: hyper::client::conn::http1::SendRequest<RespBody>) {
+    /// Keeps `conn` for reuse unless it is closed, spent (`max`) or the idle list is full.
+    fn put_h1(
+        &self,
+        key: ConnKey,
+        conn: Counted<hyper::client::conn::http1::SendRequest<RespBody>>,
+        max: u32,
+    ) {
+        if conn.sender.is_closed() || !may_reuse(conn.used, max) {
+            return;
+        }
         let Ok(mut map) = self.conns.lock() else {
             return;
         };
         match map.entry(key).or_insert_with(|| Conns::H1(Vec::new())) {
-            Conns::H1(list) if list.len() < MAX_IDLE_H1 && !sender.is_closed() => list.push(sender),
+            Conns::H1(list) if list.len() < MAX_IDLE_H1 => list.push(conn),
             _ => {}
         }
     }
 
-    fn h2(&self, key: &ConnKey) -> Option<hyper::client::conn::http2::SendRequest<RespBody>> {
-        match self.conns.lock().ok()?.get(key) {
-            Some(Conns::H2(s)) if !s.is_closed() => Some(s.clone()),
-            _ => None,
+    /// The backend's HTTP/2 connection, counting one more request on it; `None` when there is
+    /// none, or it is closed or spent (then it is forgotten, and finishes what it carries).
+    fn h2(
+        &self,
+        key: &ConnKey,
+        max: u32,
+    ) -> Option<hyper::client::conn::http2::SendRequest<RespBody>> {
+        let mut map = self.conns.lock().ok()?;
+        let Some(Conns::H2(c)) = map.get_mut(key) else {
+            return None;
+        };
+        if c.sender.is_closed() || !may_reuse(c.used, max) {
+            map.remove(key);
+            return None;
         }
+        c.used += 1;
+        Some(c.sender.clone())
     }
 
+    /// A new HTTP/2 connection that has just been given its first request.
     fn set_h2(&self, key: ConnKey, sender: hyper::client::conn::http2::SendRequest<RespBody>) {
         if let Ok(mut map) = self.conns.lock() {
-            map.insert(key, Conns::H2(sender));
+            map.insert(key, Conns::H2(Counted { sender, used: 1 }));
         }
     }
 }
 
 /// Sends `req` to `ep`, on a reused connection when one is idle, and returns the response head.
 /// Upgrade requests always get a connection of their own (it leaves HTTP once upgraded).
+/// `max_per_conn` is the backend's `maxRequestsPerConnection` (0 = no limit).
 pub async fn send(
     proxy: &Proxy,
     ep: &Endpoint,
     h2: bool,
+    max_per_conn: u32,
     req: Request<RespBody>,
 ) -> Result<Response<Incoming>, UpstreamError> {
     let key = ConnKey {
@@ -237,7 +276,7 @@ pub async fn send(
     let span = tracing::debug_span!("upstream", addr = %ep.addr);
     let mut req = req;
     if h2 {
-        if let Some(mut sender) = proxy.http.h2(&key) {
+        if let Some(mut sender) = proxy.http.h2(&key, max_per_conn) {
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok(resp),
                 Err(mut e) => match e.take_message() {
@@ -265,11 +304,12 @@ pub async fn send(
     }
     let upgrade = req.headers().contains_key(http::header::UPGRADE);
     if !upgrade {
-        if let Some(mut sender) = proxy.http.take_h1(&key) {
-            match sender.try_send_request(req).await {
+        if let Some(mut conn) = proxy.http.take_h1(&key) {
+            match conn.sender.try_send_request(req).await {
                 Ok(resp) => {
                     // Ready again once this response's body has been read; take_h1 checks.
-                    proxy.http.put_h1(key, sender);
+                    conn.used += 1;
+                    proxy.http.put_h1(key, conn, max_per_conn);
                     return Ok(resp);
                 }
                 // The backend closed the idle connection before taking the request: send it on
@@ -296,7 +336,9 @@ pub async fn send(
     );
     let resp = sender.send_request(req).await?;
     if !upgrade {
-        proxy.http.put_h1(key, sender);
+        proxy
+            .http
+            .put_h1(key, Counted { sender, used: 1 }, max_per_conn);
     }
     Ok(resp)
 }
@@ -331,4 +373,74 @@ pub fn build_request(
         }
     }
     Ok(req)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(h2: bool) -> ConnKey {
+        ConnKey {
+            addr: "10.0.0.1:8080".parse().unwrap(),
+            identity: "spiffe://cluster.local/ns/a/sa/b".into(),
+            hbone: true,
+            h2,
+        }
+    }
+
+    /// An HTTP/1.1 client connection over an in-memory pipe (the far end is never read: only
+    /// the pool's bookkeeping is exercised).
+    async fn h1_sender() -> (
+        hyper::client::conn::http1::SendRequest<RespBody>,
+        tokio::io::DuplexStream,
+    ) {
+        let (near, far) = tokio::io::duplex(1024);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(near))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        // Ready (as after a response was read) once the connection task has run.
+        sender.ready().await.unwrap();
+        (sender, far)
+    }
+
+    #[tokio::test]
+    async fn an_http1_connection_is_retired_after_max_requests_per_connection() {
+        let pool = HttpPool::default();
+        let (sender, _far) = h1_sender().await;
+        pool.put_h1(key(false), Counted { sender, used: 1 }, 2);
+        let mut c = pool.take_h1(&key(false)).expect("reused after one request");
+        assert_eq!(c.used, 1);
+        c.used += 1;
+        pool.put_h1(key(false), c, 2);
+        assert!(pool.take_h1(&key(false)).is_none(), "spent at 2 of 2");
+        // No limit: kept however many it carried.
+        let (sender, _far2) = h1_sender().await;
+        pool.put_h1(key(false), Counted { sender, used: 1000 }, 0);
+        assert!(pool.take_h1(&key(false)).is_some());
+    }
+
+    #[tokio::test]
+    async fn an_http2_connection_is_forgotten_once_spent() {
+        let pool = HttpPool::default();
+        let (near, _far) = tokio::io::duplex(64 * 1024);
+        let exec = TokioExecutor::new();
+        // The handshake completes without the far end answering (the preface is only written).
+        let (sender, conn) = hyper::client::conn::http2::handshake(exec, TokioIo::new(near))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        pool.set_h2(key(true), sender);
+        assert!(pool.h2(&key(true), 3).is_some(), "second request");
+        assert!(pool.h2(&key(true), 3).is_some(), "third request");
+        assert!(pool.h2(&key(true), 3).is_none(), "spent after 3");
+        assert!(pool.h2(&key(true), 3).is_none(), "and forgotten");
+    }
+
+    #[test]
+    fn reuse_rule() {
+        assert!(may_reuse(5, 0));
+        assert!(may_reuse(1, 2));
+        assert!(!may_reuse(2, 2));
+    }
 }

@@ -22,6 +22,9 @@ pub struct PoolLimits {
     pub max_pending: u32,
     /// `http.http2MaxRequests`.
     pub max_requests: u32,
+    /// `http.maxRequestsPerConnection`: an upstream HTTP connection is retired after this many
+    /// requests (enforced by the waypoint's HTTP connection reuse, not by admission).
+    pub max_requests_per_connection: u32,
 }
 
 impl PoolLimits {
@@ -160,7 +163,7 @@ mod tests {
         let l = PoolLimits {
             max_connections: 1,
             max_pending: 1,
-            max_requests: 0,
+            ..Default::default()
         };
         let first = p.admit(l).await.unwrap();
         // The second waits in the queue...

@@ -455,7 +455,7 @@ fn traffic_policy_and_fault_and_mirror_compile() {
             max_connections: 1,
             http1_max_pending_requests: 2,
             http2_max_requests: 3,
-            max_requests_per_connection: 0,
+            max_requests_per_connection: 4,
         }),
         outlier_detection: Some(pb::OutlierDetection {
             consecutive_5xx_errors: 5,
@@ -507,7 +507,8 @@ fn traffic_policy_and_fault_and_mirror_compile() {
         pool::PoolLimits {
             max_connections: 1,
             max_pending: 2,
-            max_requests: 3
+            max_requests: 3,
+            max_requests_per_connection: 4
         }
     );
     let od = pol.outlier.as_ref().unwrap();
